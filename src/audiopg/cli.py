@@ -1,0 +1,47 @@
+"""The ``audiopg`` command line: one subcommand per job.
+
+Each subcommand lives in its own module, which exposes ``register(subparsers)``
+(adding its parser, with ``func`` set to the function that runs it).  Errors of
+bad input (:class:`audiopg.config.ConfigError`, :class:`audiopg.errors.AudioPGError`)
+are printed as one clear line and exit with status 2, without a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from audiopg import __version__
+from audiopg.config import ConfigError
+from audiopg.errors import AudioPGError
+
+# module -> registers one or more subcommands
+COMMAND_MODULES = [
+    "audiopg.synth.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="audiopg",
+        description="Pre-train audio encoders on a procedural sound world, then evaluate and inspect them.",
+    )
+    parser.add_argument("--version", action="version", version=f"audiopg {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, AudioPGError) as err:
+        print(f"audiopg {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"audiopg {args.command}: interrupted", file=sys.stderr)
+        return 130

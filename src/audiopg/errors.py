@@ -1,0 +1,13 @@
+"""Exceptions for bad input that the CLI reports as one clear line."""
+
+
+class AudioPGError(Exception):
+    """Base class: bad input (a file, a checkpoint, a run folder) with a message saying what was expected."""
+
+
+class AudioFileError(AudioPGError):
+    """An audio file is unreadable, empty or corrupt; the message names the file."""
+
+
+class CheckpointError(AudioPGError):
+    """A checkpoint or run folder does not match what was asked for."""

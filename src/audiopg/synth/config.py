@@ -1,0 +1,195 @@
+"""Configuration of the procedural world: every range and probability in one frozen dataclass.
+
+``WorldConfig`` nests one small dataclass per stage (events, transients, low-pass,
+background) and a mapping ``sources`` from a registered source name to that
+source's own config dataclass (see :mod:`audiopg.synth.sources`).  Presets are
+YAML files in ``presets/``; ``load_world_config`` accepts a preset name or a
+path to a YAML/JSON file, plus ``key.sub=value`` overrides.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from audiopg.config import (
+    ConfigError,
+    check_interval,
+    check_probability,
+    check_range,
+    from_dict,
+    merge_overrides,
+    read_mapping,
+    to_dict,
+)
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+@dataclass(frozen=True)
+class EventConfig:
+    count: tuple[int, int] = (1, 5)  # events per clip, uniform integer in [min, max]
+    min_seconds: float = 0.5  # shortest event; the longest is clip length / event count
+    attack: tuple[float, float] = (0.01, 0.3)  # attack time as a fraction of the event
+    decay: tuple[float, float] = (0.1, 0.4)  # decay time as a fraction of the event
+    sustain: tuple[float, float] = (0.3, 0.9)  # sustain level as a fraction of the attack peak
+    release: tuple[float, float] = (0.1, 0.3)  # release time as a fraction of the event
+    level_db: tuple[float, float] = (-20.0, 0.0)  # event levels before re-referencing to the loudest (dB)
+
+    def __post_init__(self):
+        check_interval("events.count", self.count, 1, 64)
+        if any(int(c) != c for c in self.count):
+            raise ConfigError("events.count", f"expected whole numbers, got {self.count}")
+        check_range("events.min_seconds", self.min_seconds, 0.0)
+        if self.min_seconds <= 0:
+            raise ConfigError("events.min_seconds", "must be > 0")
+        for name in ("attack", "decay", "release"):
+            check_interval(f"events.{name}", getattr(self, name), 0.0, 1.0)
+        check_interval("events.sustain", self.sustain, 0.0, 1.0)
+        check_interval("events.level_db", self.level_db, -120.0, 0.0)
+        if self.attack[1] + self.decay[1] + self.release[1] > 1.0 + 1e-9:
+            raise ConfigError("events", "attack, decay and release maxima must add up to at most 1 (one event)")
+        if self.attack[0] <= 0 or self.release[0] <= 0:
+            raise ConfigError("events.attack" if self.attack[0] <= 0 else "events.release", "minimum must be > 0")
+
+
+@dataclass(frozen=True)
+class TransientConfig:
+    enabled: bool = True  # add a noise burst at event onsets
+    probability: float = 0.6  # chance that an event starts with a burst
+    seconds: tuple[float, float] = (0.01, 0.1)  # burst length
+    level: tuple[float, float] = (0.5, 2.0)  # burst RMS relative to its event's RMS
+
+    def __post_init__(self):
+        check_probability("transient.probability", self.probability)
+        check_interval("transient.seconds", self.seconds, 1e-4, 10.0)
+        check_interval("transient.level", self.level, 0.0)
+
+
+@dataclass(frozen=True)
+class LowpassConfig:
+    enabled: bool = True  # spectral damping of the whole clip
+    probability: float = 0.7  # chance that a clip is low-passed
+    cutoff: tuple[float, float] = (200.0, 6000.0)  # 2nd-order Butterworth cutoff in Hz
+
+    def __post_init__(self):
+        check_probability("lowpass.probability", self.probability)
+        check_interval("lowpass.cutoff", self.cutoff, 1.0)
+
+
+@dataclass(frozen=True)
+class BackgroundConfig:
+    enabled: bool = True  # add white background noise
+    level: tuple[float, float] = (0.001, 0.02)  # its standard deviation (signal peak is 1 before it is added)
+
+    def __post_init__(self):
+        check_interval("background.level", self.level, 0.0, 10.0)
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    sample_rate: int = 16000  # Hz
+    seconds: float = 10.24  # clip length
+    sources: dict[str, Any] = field(default_factory=dict)  # source name -> its config (see sources.py)
+    events: EventConfig = EventConfig()  # temporal composition
+    transient: TransientConfig = TransientConfig()  # onset noise bursts
+    lowpass: LowpassConfig = LowpassConfig()  # spectral damping
+    background: BackgroundConfig = BackgroundConfig()  # background noise
+    signal_peak_db: tuple[float, float] = (0.0, 0.0)  # peak of the clip before background noise, dBFS
+    peak_normalize: bool = True  # scale every finished clip to a peak of 1
+
+    def __post_init__(self):
+        from audiopg.synth.sources import SOURCES
+
+        check_range("sample_rate", self.sample_rate, 1000, 384000)
+        check_range("seconds", self.seconds, 0.05, 600.0)
+        check_interval("signal_peak_db", self.signal_peak_db, -120.0, 40.0)
+        nyquist = self.sample_rate / 2
+        if self.lowpass.enabled and self.lowpass.cutoff[1] >= nyquist:
+            raise ConfigError("lowpass.cutoff", f"max {self.lowpass.cutoff[1]} Hz must be below Nyquist ({nyquist:g} Hz)")
+        if self.events.min_seconds > self.seconds:
+            raise ConfigError("events.min_seconds", f"{self.events.min_seconds} s is longer than the clip ({self.seconds} s)")
+        if not self.sources:
+            raise ConfigError("sources", "at least one source type is needed")
+        for name, cfg in self.sources.items():
+            if name not in SOURCES:
+                raise ConfigError(f"sources.{name}", f"unknown source type (registered: {', '.join(SOURCES)})")
+            if not isinstance(cfg, SOURCES[name].config_cls):
+                raise ConfigError(f"sources.{name}", f"expected {SOURCES[name].config_cls.__name__}")
+            SOURCES[name].check(cfg, self, f"sources.{name}")
+        if not any(c.enabled and c.weight > 0 for c in self.sources.values()):
+            raise ConfigError("sources", "every source type is switched off (enabled false or weight 0)")
+
+    @property
+    def num_samples(self) -> int:
+        return int(round(self.seconds * self.sample_rate))
+
+    @property
+    def source_names(self) -> tuple[str, ...]:
+        return tuple(self.sources)
+
+    def replace(self, **changes) -> "WorldConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "WorldConfig":
+        from audiopg.synth.sources import SOURCES
+
+        data = dict(data)
+        raw_sources = data.pop("sources", None)
+        if raw_sources is None:
+            raw_sources = {name: {} for name in SOURCES}
+        if not isinstance(raw_sources, Mapping):
+            raise ConfigError("sources", f"expected a mapping of source name -> settings, got {raw_sources!r}")
+        sources = {}
+        for name, settings in raw_sources.items():
+            if name not in SOURCES:
+                raise ConfigError(f"sources.{name}", f"unknown source type (registered: {', '.join(SOURCES)})")
+            settings = {} if settings is None else settings
+            if isinstance(settings, SOURCES[name].config_cls):
+                sources[name] = settings
+                continue
+            if not isinstance(settings, Mapping):
+                raise ConfigError(f"sources.{name}", f"expected a mapping of settings, got {settings!r}")
+            sources[name] = from_dict(SOURCES[name].config_cls, settings, prefix=f"sources.{name}")
+        data["sources"] = {}
+        base = from_dict(_WorldFields, data)
+        return cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)} | {"sources": sources})
+
+
+@dataclass(frozen=True)
+class _WorldFields:
+    """WorldConfig's fields without its validation, for parsing before sources are attached."""
+
+    sample_rate: int = 16000
+    seconds: float = 10.24
+    sources: dict[str, Any] = field(default_factory=dict)
+    events: EventConfig = EventConfig()
+    transient: TransientConfig = TransientConfig()
+    lowpass: LowpassConfig = LowpassConfig()
+    background: BackgroundConfig = BackgroundConfig()
+    signal_peak_db: tuple[float, float] = (0.0, 0.0)
+    peak_normalize: bool = True
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_world_config(preset: str | Path = "paper", overrides: list[str] | tuple[str, ...] = ()) -> WorldConfig:
+    """A preset name (``paper``) or a YAML/JSON path, with ``key.sub=value`` overrides applied."""
+    path = Path(preset)
+    if not path.suffix:
+        path = PRESET_DIR / f"{preset}.yaml"
+        if not path.exists():
+            raise ConfigError("preset", f"unknown world preset {preset!r} (presets: {', '.join(list_presets())})")
+    data = read_mapping(path)
+    data = merge_overrides(data, list(overrides))
+    try:
+        return WorldConfig.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(err.key, f"{str(err).split(': ', 1)[1]} (in {path})") from None

@@ -1,0 +1,428 @@
+"""The procedural world: draws ground-truth factors for a batch of clips and renders them.
+
+Everything is a batched tensor operation on the world's device; every random
+draw goes through one ``torch.Generator``, in a fixed order, so the same seed
+and device give the same clips.  A clip is made in this order:
+
+1. a source signal over the whole clip (one source per clip, see ``sources.py``);
+2. 1-N events, each an ADSR-enveloped stretch of the source at a random onset.
+   Events take the source at the clip time where they sit (all sources are
+   stationary, so this is the same sound as a cut from elsewhere) and may
+   overlap.  Onsets and ADSR segment edges lie on a 1 ms grid, where the
+   piecewise-linear envelopes are built and then interpolated, exactly;
+3. an optional decaying white-noise burst at each event's onset (transient);
+4. an optional 2nd-order Butterworth low-pass (bilinear transform, the
+   filter ``scipy.signal.butter(2, cutoff)`` designs), applied as its frequency
+   response to the periodic source (exact circular filtering, before its one
+   inverse FFT) and to each burst (zero-padded FFT, exact).  Filtering the source
+   before the envelope rather than the enveloped mix differs only where an
+   envelope changes within the filter's impulse response (about 1 ms at the
+   lowest cutoff), while attacks take 5 ms or more;
+5. scaling to the signal peak (0 dBFS by default), white background noise, and
+   peak normalization.
+
+Relative intensity factors are exact by construction: every source has an RMS
+of 1, so event ``e`` has RMS ``10 ** (event_level_db / 20)`` before the low-pass
+(which scales all events of a clip alike).  ``snr_db`` and ``rms_db`` are
+measured on the rendered signals.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from audiopg.synth.config import WorldConfig
+from audiopg.synth.sources import SOURCES
+
+CONTROL_RATE_HZ = 1000  # envelope control points per second (1 ms grid)
+LOWPASS_PAD = 4096  # zero padding before FFT filtering: the filter's tail dies out well within it
+
+
+class Randomness:
+    """Every random draw of the world, from one generator.
+
+    With ``shared=True`` each draw is made for one clip and repeated for all,
+    so that a batch holds one clip's factors (sweeps vary one factor on top).
+    """
+
+    def __init__(self, generator: torch.Generator, shared: bool = False):
+        self.generator = generator
+        self.device = generator.device
+        self.shared = shared
+
+    def _shape(self, shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        return ((1,) + shape[1:] if self.shared else shape), shape
+
+    def uniform(self, shape, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
+        draw, full = self._shape(shape)
+        u = torch.rand(draw, generator=self.generator, device=self.device)
+        return (low + (high - low) * u).expand(full)
+
+    def integers(self, shape, low: int, high: int) -> torch.Tensor:
+        """Uniform integers in [low, high], both included."""
+        draw, full = self._shape(shape)
+        return torch.randint(int(low), int(high) + 1, draw, generator=self.generator, device=self.device).expand(full)
+
+    def normal(self, shape) -> torch.Tensor:
+        draw, full = self._shape(shape)
+        return torch.randn(draw, generator=self.generator, device=self.device).expand(full)
+
+    def complex_normal(self, shape) -> torch.Tensor:
+        draw, full = self._shape(shape)
+        return torch.randn(draw, generator=self.generator, device=self.device, dtype=torch.complex64).expand(full)
+
+    def categorical(self, n: int, weights: torch.Tensor) -> torch.Tensor:
+        draw, full = self._shape(n)
+        return torch.multinomial(weights.expand(draw[0], -1), 1, replacement=True, generator=self.generator)[:, 0].expand(full)
+
+
+@dataclass
+class ClipBatch:
+    """Audio (B, samples) in [-1, 1] and its ground-truth factors, one tensor row per clip."""
+
+    audio: torch.Tensor
+    factors: dict[str, torch.Tensor]
+    config: WorldConfig
+
+    def __len__(self) -> int:
+        return self.audio.shape[0]
+
+    def records(self) -> list[dict[str, Any]]:
+        """One JSON-able dict per clip: categories as names, unused values (NaN, -1) as None,
+        per-event lists cut to the clip's event count."""
+        names = self.config.source_names
+        categories = {k: v for s in SOURCES.values() for k, v in s.categories.items()}
+        cols = {k: v.detach().cpu().tolist() for k, v in self.factors.items()}
+        out = []
+        for i in range(len(self)):
+            count = int(cols["event_count"][i])
+            rec: dict[str, Any] = {"source": names[int(cols["source"][i])]}
+            for key, col in cols.items():
+                if key == "source":
+                    continue
+                v = col[i]
+                if key.startswith("event_") and key != "event_count" or key.startswith("transient"):
+                    v = v[:count]
+                rec[key] = _clean(v, categories.get(key))
+            out.append(rec)
+        return out
+
+
+def _clean(v, names=None):
+    if isinstance(v, list):
+        return [_clean(x, names) for x in v]
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    if names is not None:
+        return None if v < 0 else names[int(v)]
+    if isinstance(v, float):
+        return round(v, 6)
+    return v
+
+
+class World:
+    """A batched procedural sound world on one device.
+
+    >>> world = World(load_world_config("paper"))
+    >>> batch = world.sample(8, torch.Generator().manual_seed(0))
+    >>> batch.audio.shape, batch.factors["f0"].shape
+    """
+
+    def __init__(self, config: WorldConfig, device: str | torch.device = "cpu"):
+        self.config = config
+        self.device = torch.device(device)
+        self.sources = [(name, SOURCES[name], cfg) for name, cfg in config.sources.items()
+                        if cfg.enabled and cfg.weight > 0]
+        self.source_codes = {name: i for i, name in enumerate(config.source_names)}
+        weights = torch.zeros(len(config.source_names))
+        for name, _, cfg in self.sources:
+            weights[self.source_codes[name]] = cfg.weight
+        self.source_weights = (weights / weights.sum()).to(self.device)
+        self.num_samples = config.num_samples
+        self.hop = config.sample_rate / CONTROL_RATE_HZ  # samples per control step
+
+    # ------------------------------------------------------------------ public API
+    def generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(int(seed))
+
+    def sample(self, n: int, generator: torch.Generator | int | None = None,
+               fixed: Mapping[str, Any] | None = None, shared: bool = False) -> ClipBatch:
+        """Draw ``n`` clips.  ``fixed`` holds factors to impose (scalars, names for
+        categories, or per-clip tensors); ``shared=True`` makes all clips share
+        every other factor and all render noise (for sweeps)."""
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if generator is None or isinstance(generator, int):
+            generator = self.generator(0 if generator is None else generator)
+        if generator.device != self.device:
+            raise ValueError(f"generator is on {generator.device}, the world on {self.device}")
+        rng = Randomness(generator, shared=shared)
+        factors = self.sample_factors(n, rng, fixed or {})
+        audio = self.render(factors, rng)
+        return ClipBatch(audio=audio, factors=factors, config=self.config)
+
+    def sweep(self, factor: str, values, seed: int = 0, fixed: Mapping[str, Any] | None = None) -> ClipBatch:
+        """One clip's factors repeated, with ``factor`` set to each of ``values`` in turn."""
+        values = torch.as_tensor(values, device=self.device)
+        return self.sample(len(values), self.generator(seed), fixed={**(fixed or {}), factor: values}, shared=True)
+
+    # ------------------------------------------------------------------ factors
+    def sample_factors(self, n: int, rng: Randomness, fixed: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        f: dict[str, torch.Tensor] = {}
+        f["source"] = rng.categorical(n, self.source_weights)
+        self._override(f, fixed, "source", n)
+        for name, source, scfg in self.sources:
+            drawn = source.sample(scfg, n, rng)
+            mine = f["source"] == self.source_codes[name]
+            for key, value in drawn.items():
+                fill = source.factor_fill.get(key, math.nan)
+                if key not in f:
+                    f[key] = torch.full_like(value, fill, dtype=value.dtype)
+                elif f[key].shape != value.shape:
+                    raise ValueError(f"source {name!r} gives factor {key!r} another shape than an earlier source")
+                m = mine.view(-1, *([1] * (value.dim() - 1)))
+                f[key] = torch.where(m, value, f[key])
+        f.update(self._sample_events(n, rng))
+        f.update(self._sample_post(n, rng))
+        for key in fixed:
+            if key != "source":
+                self._override(f, fixed, key, n)
+        self._derive_events(f)
+        return f
+
+    def _sample_events(self, n: int, rng: Randomness) -> dict[str, torch.Tensor]:
+        ev, tr = self.config.events, self.config.transient
+        E = int(ev.count[1])
+        length = self.config.seconds
+        count = rng.integers(n, *ev.count)
+        longest = torch.clamp(length / count.float(), min=ev.min_seconds, max=length)[:, None]
+        duration = ev.min_seconds + (longest - ev.min_seconds) * rng.uniform((n, E))
+        onset = (length - duration) * rng.uniform((n, E))
+        out = {
+            "event_count": count,
+            "event_onset": onset,
+            "event_duration": duration,
+            "event_attack": rng.uniform((n, E), *ev.attack),
+            "event_decay": rng.uniform((n, E), *ev.decay),
+            "event_sustain": rng.uniform((n, E), *ev.sustain),
+            "event_release": rng.uniform((n, E), *ev.release),
+            "event_level_db": rng.uniform((n, E), *ev.level_db),
+        }
+        present = rng.uniform((n, E)) < (tr.probability if tr.enabled else 0.0)
+        out["transient"] = present
+        out["transient_seconds"] = rng.uniform((n, E), *tr.seconds)
+        out["transient_level"] = rng.uniform((n, E), *tr.level)
+        return out
+
+    def _sample_post(self, n: int, rng: Randomness) -> dict[str, torch.Tensor]:
+        cfg = self.config
+        lp, bg = cfg.lowpass, cfg.background
+        apply = rng.uniform(n) < (lp.probability if lp.enabled else 0.0)
+        cutoff = rng.uniform(n, *lp.cutoff)
+        level = rng.uniform(n, *bg.level)
+        return {
+            "cutoff": torch.where(apply, cutoff, torch.full_like(cutoff, math.nan)),
+            "noise_level": level if bg.enabled else torch.zeros_like(level),
+            "signal_peak_db": rng.uniform(n, *cfg.signal_peak_db),
+        }
+
+    def _override(self, f: dict, fixed: Mapping[str, Any], key: str, n: int) -> None:
+        if key not in fixed:
+            return
+        if key not in f:
+            raise KeyError(f"cannot fix factor {key!r}: not a factor of this world "
+                           f"(factors: {', '.join(sorted(f))})" if f else f"unknown factor {key!r}")
+        value = fixed[key]
+        ref = f[key]
+        if isinstance(value, str):
+            value = self._category_code(key, value)
+        value = torch.as_tensor(value, device=self.device)
+        if value.dim() == 1 and ref.dim() == 2 and value.shape[0] == n:
+            value = value[:, None]
+        try:
+            f[key] = torch.broadcast_to(value.to(ref.dtype), ref.shape).clone()
+        except RuntimeError:
+            raise ValueError(f"fixed factor {key!r}: shape {tuple(value.shape)} does not fit {tuple(ref.shape)}") from None
+        if key == "source":
+            bad = ~torch.isin(f[key], torch.tensor([self.source_codes[s] for s, _, _ in self.sources], device=self.device))
+            if bad.any():
+                raise ValueError(f"fixed source {fixed[key]!r} is switched off in this world")
+
+    def _category_code(self, key: str, name: str) -> int:
+        if key == "source":
+            if name not in self.source_codes:
+                raise ValueError(f"unknown source {name!r} (world has: {', '.join(self.source_codes)})")
+            return self.source_codes[name]
+        for source in SOURCES.values():
+            if key in source.categories:
+                if name not in source.categories[key]:
+                    raise ValueError(f"unknown {key} {name!r} (known: {', '.join(source.categories[key])})")
+                return source.categories[key].index(name)
+        raise ValueError(f"factor {key!r} takes numbers, not names")
+
+    def _derive_events(self, f: dict[str, torch.Tensor]) -> None:
+        """Snap times to the control grid, mark unused event slots, re-reference levels."""
+        E = f["event_onset"].shape[1]
+        step = 1.0 / CONTROL_RATE_HZ
+        length = self.config.seconds
+        dur = torch.clamp(torch.round(f["event_duration"] / step) * step, min=step, max=length)
+        onset = torch.clamp(torch.round(f["event_onset"] / step) * step, min=0.0)
+        onset = torch.minimum(onset, torch.floor((length - dur) / step) * step)
+        f["event_duration"], f["event_onset"] = dur, onset
+        for key in ("event_attack", "event_decay", "event_release"):  # segment edges on the grid too
+            f[key] = torch.clamp(torch.round(f[key] * dur / step), min=1.0) * step / dur
+        over = (f["event_attack"] + f["event_decay"] + f["event_release"] - 1).clamp_min(0)
+        f["event_decay"] = f["event_decay"] - over
+        active = torch.arange(E, device=self.device)[None, :] < f["event_count"][:, None]
+        level = torch.where(active, f["event_level_db"], torch.full_like(f["event_level_db"], -math.inf))
+        f["event_level_db"] = level - level.amax(1, keepdim=True)
+        f["transient"] = f["transient"].bool() & active
+        nan = torch.full_like(onset, math.nan)
+        for key in ("event_onset", "event_duration", "event_attack", "event_decay", "event_sustain",
+                    "event_release", "event_level_db", "transient_seconds", "transient_level"):
+            f[key] = torch.where(active, f[key], nan)
+        off = ~f["transient"]
+        f["transient_seconds"] = torch.where(off, nan, f["transient_seconds"])
+        f["transient_level"] = torch.where(off, nan, f["transient_level"])
+
+    # ------------------------------------------------------------------ rendering
+    def render(self, f: dict[str, torch.Tensor], rng: Randomness) -> torch.Tensor:
+        cfg = self.config
+        n, N = f["source"].shape[0], self.num_samples
+        x = torch.empty(n, N, device=self.device)
+        for name, source, scfg in self.sources:
+            idx = (f["source"] == self.source_codes[name]).nonzero()[:, 0]
+            if len(idx):
+                sub = {k: v[idx] for k, v in f.items()}
+                out = source.render(scfg, sub, N, cfg.sample_rate, rng)
+                x[idx] = _filtered_unit_rms(out, sub["cutoff"], N, cfg.sample_rate)
+        x.mul_(self._event_gain(f))
+        self._add_transients(x, f, rng)
+        x.mul_(10 ** (f["signal_peak_db"][:, None] / 20) / _peak(x))
+        signal_power = _power(x)
+        if cfg.background.enabled:
+            noise = rng.normal((n, N)) * f["noise_level"][:, None]
+            f["snr_db"] = 10 * torch.log10(signal_power / _power(noise).clamp_min(1e-30))
+            x.add_(noise)
+        else:
+            f["snr_db"] = torch.full_like(signal_power, math.inf)
+        if cfg.peak_normalize:
+            x.div_(_peak(x))
+        f["rms_db"] = 10 * torch.log10(_power(x).clamp_min(1e-30))
+        return x
+
+    def _event_gain(self, f: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sum over events of amplitude x ADSR envelope, at audio rate (n, N).
+
+        Every breakpoint lies on the 1 ms control grid, so the piecewise-linear
+        envelope is built exactly there from its slope changes (two cumulative
+        sums) and interpolated linearly to audio rate.
+        """
+        N, hop = self.num_samples, self.hop
+        steps = math.ceil((N - 1) / hop)
+        k0 = torch.round(f["event_onset"] * CONTROL_RATE_HZ)
+        dur = torch.round(f["event_duration"] * CONTROL_RATE_HZ)
+        ka = k0 + torch.round(f["event_attack"] * dur)
+        kd = ka + torch.round(f["event_decay"] * dur)
+        ke = k0 + dur
+        kr = ke - torch.round(f["event_release"] * dur)
+        amp = (10 ** (f["event_level_db"] / 20) / self.envelope_rms(f)).double()
+        s = f["event_sustain"].double()
+        up = amp / (ka - k0).double()
+        down = amp * (1 - s) / (kd - ka).double().clamp_min(1)
+        rel = amp * s / (ke - kr).double()
+        where = torch.cat([k0, ka, kd, kr, ke], 1)
+        change = torch.cat([up, -up - down, down, -rel, rel], 1)
+        valid = ~torch.isnan(where) & ~torch.isnan(change)
+        where = torch.where(valid, where, torch.zeros_like(where)).long().clamp_max(steps)
+        change = torch.where(valid, change, torch.zeros_like(change))
+        slope = torch.zeros(f["event_onset"].shape[0], steps + 1, dtype=torch.float64, device=self.device)
+        slope.scatter_add_(1, where, change).cumsum_(1)
+        gain = torch.zeros_like(slope)
+        gain[:, 1:] = slope[:, :-1].cumsum(1)
+        gain = gain.float()
+        if hop == int(hop):
+            full = F.interpolate(gain[:, None], size=steps * int(hop) + 1, mode="linear", align_corners=True)[:, 0]
+        else:
+            full = F.interpolate(gain[:, None], size=N, mode="linear", align_corners=True)[:, 0]
+        return full[:, :N]
+
+    @staticmethod
+    def envelope_rms(f: dict[str, torch.Tensor]) -> torch.Tensor:
+        """RMS of each event's ADSR envelope over the event (exact for the piecewise-linear shape)."""
+        a, d, s, r = f["event_attack"], f["event_decay"], f["event_sustain"], f["event_release"]
+        mean_sq = a / 3 + d * (1 + s + s * s) / 3 + s * s * (1 - a - d - r) + r * s * s / 3
+        return mean_sq.clamp_min(1e-12).sqrt()
+
+    def _add_transients(self, x: torch.Tensor, f: dict[str, torch.Tensor], rng: Randomness) -> None:
+        """Add decaying white-noise bursts at event onsets, low-passed like their clip, in place."""
+        tr = self.config.transient
+        if not tr.enabled:
+            return
+        n, N, sr = x.shape[0], x.shape[1], self.config.sample_rate
+        E = f["transient"].shape[1]
+        T = int(math.ceil(tr.seconds[1] * sr))
+        noise = rng.normal((n, E, T))
+        if not f["transient"].any():
+            return
+        j = torch.arange(T, device=self.device, dtype=torch.float32)
+        length = (f["transient_seconds"] * sr).nan_to_num(0.0)[..., None]
+        shape = torch.exp(-5.0 * j / length.clamp_min(1.0)) * (j < length)  # decays by 43 dB over the burst
+        shape_rms = (shape.square().sum(-1, keepdim=True) / length.clamp_min(1.0)).sqrt().clamp_min(1e-12)
+        target = (f["transient_level"] * 10 ** (f["event_level_db"] / 20)).nan_to_num(0.0)[..., None]
+        burst = noise * shape * (target / shape_rms) * f["transient"][..., None]
+        L = T + LOWPASS_PAD  # the low-pass tail of a burst, exactly (zero-padded FFT)
+        cutoff = f["cutoff"]
+        h = butterworth2_response(cutoff.nan_to_num(1.0), L, sr)
+        h = torch.where(torch.isnan(cutoff)[:, None], torch.ones_like(h), h)
+        burst = torch.fft.irfft(torch.fft.rfft(burst, n=L) * h[:, None, :], n=L)
+        start = torch.round(f["event_onset"].nan_to_num(0.0) * sr).long()[..., None]
+        pos = start + torch.arange(L, device=self.device)
+        burst.masked_fill_(pos >= N, 0.0)
+        x.scatter_add_(1, pos.clamp_max(N - 1).reshape(n, -1), burst.reshape(n, -1))
+
+
+def _peak(x: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(x, ord=math.inf, dim=1, keepdim=True).clamp_min(1e-12)
+
+
+def _power(x: torch.Tensor) -> torch.Tensor:
+    """Mean square of each row."""
+    return torch.linalg.vector_norm(x, dim=1).square() / x.shape[1]
+
+
+def _filtered_unit_rms(signal: torch.Tensor, cutoff: torch.Tensor, num_samples: int, sample_rate: int) -> torch.Tensor:
+    """A source's output (time signal with RMS 1, or one-sided spectrum) -> time signal, low-passed
+    where ``cutoff`` is not NaN.  Sources are periodic over the clip, so filtering by the FFT of
+    the clip itself is exact."""
+    rows = (~torch.isnan(cutoff)).nonzero()[:, 0]
+    if not signal.is_complex():
+        if len(rows) == 0:
+            return signal
+        spec = torch.fft.rfft(signal, n=num_samples)
+    else:
+        power = torch.linalg.vector_norm(signal, dim=1).square() * 2 - signal[:, 0].abs().square()
+        if num_samples % 2 == 0:
+            power = power - signal[:, -1].abs().square()  # one-sided: all bins but DC, Nyquist count twice
+        spec = signal * (num_samples / power.clamp_min(1e-30).sqrt())[:, None]  # Parseval: RMS 1
+    if len(rows):
+        spec[rows] = spec[rows] * butterworth2_response(cutoff[rows], num_samples, sample_rate)
+    return torch.fft.irfft(spec, n=num_samples)
+
+
+def butterworth2_response(cutoff: torch.Tensor, n_fft: int, sample_rate: int) -> torch.Tensor:
+    """Frequency response (m, n_fft//2+1) of 2nd-order Butterworth low-passes made by the bilinear
+    transform with prewarping, i.e. the filters ``scipy.signal.butter(2, cutoff, fs=sample_rate)``
+    designs.  With u = tan(w/2) / tan(pi cutoff / fs):  H = 1 / (1 - u^2 + j sqrt(2) u)."""
+    w = torch.arange(n_fft // 2 + 1, device=cutoff.device, dtype=torch.float32) * (math.pi / n_fft)
+    t = torch.tan(w).clamp_max(1e6)  # tan(w/2) for w = 2 pi bin / n_fft; infinite at Nyquist
+    u = t / torch.tan(math.pi * cutoff / sample_rate)[:, None]
+    u2 = u * u
+    den = 1 + u2 * u2  # |1 - u^2 + j sqrt(2) u|^2
+    return torch.complex((1 - u2) / den, -math.sqrt(2) * u / den)
