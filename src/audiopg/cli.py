@@ -18,6 +18,7 @@ from audiopg.errors import AudioPGError
 # module -> registers one or more subcommands
 COMMAND_MODULES = [
     "audiopg.synth.cli",
+    "audiopg.embed_cli",
 ]
 
 

@@ -93,22 +93,28 @@ class ClipBatch:
         return self.audio.shape[0]
 
     def records(self) -> list[dict[str, Any]]:
-        """One JSON-able dict per clip: categories as names, unused values (NaN, -1) as None,
-        per-event lists cut to the clip's event count."""
+        """One JSON-able dict per clip: categories as names, per-event lists cut to the clip's
+        event count, per-partial lists to its partial count; factors that do not apply to the
+        clip (NaN or -1, e.g. f0 of a noise clip) are left out."""
         names = self.config.source_names
         categories = {k: v for s in SOURCES.values() for k, v in s.categories.items()}
         cols = {k: v.detach().cpu().tolist() for k, v in self.factors.items()}
         out = []
         for i in range(len(self)):
-            count = int(cols["event_count"][i])
             rec: dict[str, Any] = {"source": names[int(cols["source"][i])]}
             for key, col in cols.items():
+                v = col[i]
                 if key == "source":
                     continue
-                v = col[i]
-                if key.startswith("event_") and key != "event_count" or key.startswith("transient"):
-                    v = v[:count]
-                rec[key] = _clean(v, categories.get(key))
+                if isinstance(v, list):
+                    if key.startswith(("event_", "transient")):
+                        v = v[: int(cols["event_count"][i])]
+                    elif key.startswith("partial_"):
+                        v = v[: max(int(cols["partials"][i]), 0)]
+                v = _clean(v, categories.get(key))
+                if v is None or (isinstance(v, list) and all(x is None for x in v)) or v == -1:
+                    continue
+                rec[key] = v
             out.append(rec)
         return out
 
@@ -116,7 +122,7 @@ class ClipBatch:
 def _clean(v, names=None):
     if isinstance(v, list):
         return [_clean(x, names) for x in v]
-    if isinstance(v, float) and math.isnan(v):
+    if isinstance(v, float) and not math.isfinite(v):
         return None
     if names is not None:
         return None if v < 0 else names[int(v)]
@@ -144,7 +150,8 @@ class World:
             weights[self.source_codes[name]] = cfg.weight
         self.source_weights = (weights / weights.sum()).to(self.device)
         self.num_samples = config.num_samples
-        self.hop = config.sample_rate / CONTROL_RATE_HZ  # samples per control step
+        self.hop = max(1, round(config.sample_rate / CONTROL_RATE_HZ))  # samples per envelope control step
+        self.control_steps = math.ceil((self.num_samples - 1) / self.hop)
 
     # ------------------------------------------------------------------ public API
     def generator(self, seed: int) -> torch.Generator:
@@ -269,7 +276,7 @@ class World:
     def _derive_events(self, f: dict[str, torch.Tensor]) -> None:
         """Snap times to the control grid, mark unused event slots, re-reference levels."""
         E = f["event_onset"].shape[1]
-        step = 1.0 / CONTROL_RATE_HZ
+        step = self.hop / self.config.sample_rate
         length = self.config.seconds
         dur = torch.clamp(torch.round(f["event_duration"] / step) * step, min=step, max=length)
         onset = torch.clamp(torch.round(f["event_onset"] / step) * step, min=0.0)
@@ -302,8 +309,8 @@ class World:
                 sub = {k: v[idx] for k, v in f.items()}
                 out = source.render(scfg, sub, N, cfg.sample_rate, rng)
                 x[idx] = _filtered_unit_rms(out, sub["cutoff"], N, cfg.sample_rate)
-        x.mul_(self._event_gain(f))
-        self._add_transients(x, f, rng)
+        event_rms = self._apply_events(x, f)
+        self._add_transients(x, f, event_rms, rng)
         x.mul_(10 ** (f["signal_peak_db"][:, None] / 20) / _peak(x))
         signal_power = _power(x)
         if cfg.background.enabled:
@@ -317,17 +324,36 @@ class World:
         f["rms_db"] = 10 * torch.log10(_power(x).clamp_min(1e-30))
         return x
 
-    def _event_gain(self, f: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Sum over events of amplitude x ADSR envelope, at audio rate (n, N).
+    def _apply_events(self, x: torch.Tensor, f: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Multiply the sources (n, N) by the sum of their events' ADSR envelopes, in place, and
+        record every event's level, measured on the rendered event, relative to the loudest.
 
-        Every breakpoint lies on the 1 ms control grid, so the piecewise-linear
-        envelope is built exactly there from its slope changes (two cumulative
-        sums) and interpolated linearly to audio rate.
+        Every breakpoint lies on the control grid, so the piecewise-linear envelopes are built
+        exactly there from their slope changes (two cumulative sums) and interpolated linearly
+        to audio rate.  An event's energy is the sum over control steps of the source's energy
+        in the step times the mean square of the envelope's line over it, (a^2 + ab + b^2) / 3.
         """
-        N, hop = self.num_samples, self.hop
-        steps = math.ceil((N - 1) / hop)
-        k0 = torch.round(f["event_onset"] * CONTROL_RATE_HZ)
-        dur = torch.round(f["event_duration"] * CONTROL_RATE_HZ)
+        n, N = x.shape
+        hop, steps = self.hop, self.control_steps
+        env = self._envelopes(f, steps)  # (n, E, steps + 1)
+        padded = F.pad(x, (0, steps * hop - N)) if steps * hop > N else x[:, : steps * hop]
+        step_energy = padded.reshape(n, steps, hop).square().sum(-1).double()  # (n, steps)
+        a, b = env[..., :-1], env[..., 1:]
+        energy = ((a * a + a * b + b * b) / 3 * step_energy[:, None, :]).sum(-1)
+        level = 10 * torch.log10(energy.clamp_min(1e-30) / (f["event_duration"].double() * self.config.sample_rate))
+        level = torch.where(torch.isnan(f["event_duration"]), torch.full_like(level, -math.inf), level)
+        event_rms = (10 ** (level / 20)).float()  # absolute, before peak scaling
+        level = (level - level.amax(1, keepdim=True)).float()
+        f["event_level_db"] = torch.where(torch.isnan(f["event_duration"]), torch.full_like(level, math.nan), level)
+        gain = env.sum(1).float()[:, None]
+        x.mul_(F.interpolate(gain, size=steps * hop + 1, mode="linear", align_corners=True)[:, 0, :N])
+        return event_rms
+
+    def _envelopes(self, f: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
+        """Every event's amplitude x ADSR envelope at the control points, (n, E, steps + 1), float64."""
+        step = self.hop / self.config.sample_rate
+        k0 = torch.round(f["event_onset"] / step)
+        dur = torch.round(f["event_duration"] / step)
         ka = k0 + torch.round(f["event_attack"] * dur)
         kd = ka + torch.round(f["event_decay"] * dur)
         ke = k0 + dur
@@ -337,21 +363,17 @@ class World:
         up = amp / (ka - k0).double()
         down = amp * (1 - s) / (kd - ka).double().clamp_min(1)
         rel = amp * s / (ke - kr).double()
-        where = torch.cat([k0, ka, kd, kr, ke], 1)
-        change = torch.cat([up, -up - down, down, -rel, rel], 1)
+        where = torch.stack([k0, ka, kd, kr, ke], -1)  # (n, E, 5) breakpoints
+        change = torch.stack([up, -up - down, down, -rel, rel], -1)  # slope changes there
         valid = ~torch.isnan(where) & ~torch.isnan(change)
         where = torch.where(valid, where, torch.zeros_like(where)).long().clamp_max(steps)
         change = torch.where(valid, change, torch.zeros_like(change))
-        slope = torch.zeros(f["event_onset"].shape[0], steps + 1, dtype=torch.float64, device=self.device)
-        slope.scatter_add_(1, where, change).cumsum_(1)
-        gain = torch.zeros_like(slope)
-        gain[:, 1:] = slope[:, :-1].cumsum(1)
-        gain = gain.float()
-        if hop == int(hop):
-            full = F.interpolate(gain[:, None], size=steps * int(hop) + 1, mode="linear", align_corners=True)[:, 0]
-        else:
-            full = F.interpolate(gain[:, None], size=N, mode="linear", align_corners=True)[:, 0]
-        return full[:, :N]
+        n, E = where.shape[:2]
+        slope = torch.zeros(n, E, steps + 1, dtype=torch.float64, device=self.device)
+        slope.scatter_add_(2, where, change).cumsum_(2)
+        env = torch.zeros_like(slope)
+        env[..., 1:] = slope[..., :-1].cumsum(2)
+        return env.clamp_min_(0.0)
 
     @staticmethod
     def envelope_rms(f: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -360,7 +382,8 @@ class World:
         mean_sq = a / 3 + d * (1 + s + s * s) / 3 + s * s * (1 - a - d - r) + r * s * s / 3
         return mean_sq.clamp_min(1e-12).sqrt()
 
-    def _add_transients(self, x: torch.Tensor, f: dict[str, torch.Tensor], rng: Randomness) -> None:
+    def _add_transients(self, x: torch.Tensor, f: dict[str, torch.Tensor], event_rms: torch.Tensor,
+                        rng: Randomness) -> None:
         """Add decaying white-noise bursts at event onsets, low-passed like their clip, in place."""
         tr = self.config.transient
         if not tr.enabled:
@@ -373,10 +396,10 @@ class World:
             return
         j = torch.arange(T, device=self.device, dtype=torch.float32)
         length = (f["transient_seconds"] * sr).nan_to_num(0.0)[..., None]
-        shape = torch.exp(-5.0 * j / length.clamp_min(1.0)) * (j < length)  # decays by 43 dB over the burst
-        shape_rms = (shape.square().sum(-1, keepdim=True) / length.clamp_min(1.0)).sqrt().clamp_min(1e-12)
-        target = (f["transient_level"] * 10 ** (f["event_level_db"] / 20)).nan_to_num(0.0)[..., None]
-        burst = noise * shape * (target / shape_rms) * f["transient"][..., None]
+        burst = noise * torch.exp(-5.0 * j / length.clamp_min(1.0)) * (j < length)  # decays by 43 dB
+        burst_rms = (burst.square().sum(-1, keepdim=True) / length.clamp_min(1.0)).sqrt().clamp_min(1e-12)
+        target = (f["transient_level"] * event_rms).nan_to_num(0.0)[..., None]
+        burst = burst * (target / burst_rms) * f["transient"][..., None]  # RMS over the burst = target
         L = T + LOWPASS_PAD  # the low-pass tail of a burst, exactly (zero-padded FFT)
         cutoff = f["cutoff"]
         h = butterworth2_response(cutoff.nan_to_num(1.0), L, sr)
@@ -389,7 +412,9 @@ class World:
 
 
 def _peak(x: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(x, ord=math.inf, dim=1, keepdim=True).clamp_min(1e-12)
+    """Largest absolute value of each row (amax and amin are vectorized reductions; abs().amax
+    would allocate a copy and the infinity norm is far slower on CPU)."""
+    return torch.maximum(x.amax(1, keepdim=True), -x.amin(1, keepdim=True)).clamp_min(1e-12)
 
 
 def _power(x: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,130 @@
+"""``audiopg synth`` (see and hear the world) and ``audiopg stats`` (its log-mel statistics)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from audiopg.config import ConfigError, atomic_write_text, write_json
+from audiopg.synth.config import list_presets, load_world_config
+from audiopg.synth.world import World
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("synth", help="render clips of the procedural world to WAV, with their factors and a spectrogram grid")
+    _world_args(p)
+    p.add_argument("--n", type=int, default=16, help="number of clips (default 16)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--out", required=True, type=Path, help="output folder")
+    p.set_defaults(func=run_synth)
+
+    p = sub.add_parser("stats", help="log-mel mean and std of the world's clips (the normalization stored with models)")
+    _world_args(p)
+    p.add_argument("--clips", type=int, default=512, help="clips to measure (default 512)")
+    p.add_argument("--mel-bins", type=int, default=128, help="mel bins (default 128)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--batch-size", type=int, default=32, help="clips per batch (default 32)")
+    p.add_argument("--out", type=Path, help="also write the statistics to this JSON file")
+    p.set_defaults(func=run_stats)
+
+
+def _world_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", default="paper", help=f"world preset ({', '.join(list_presets())}) or a YAML/JSON file")
+    p.add_argument("--seconds", type=float, help="clip length in seconds (default: the preset's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a world setting, e.g. --set lowpass.probability=0 (repeatable)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def _world_config(args):
+    overrides = list(args.set) + ([f"seconds={args.seconds}"] if args.seconds is not None else [])
+    return load_world_config(args.preset, overrides)
+
+
+def _device(name: str) -> torch.device:
+    try:
+        dev = torch.device(name)
+    except RuntimeError as err:
+        raise ConfigError("device", str(err)) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device", "CUDA was asked for but is not available")
+    return dev
+
+
+def run_synth(args) -> int:
+    import soundfile as sf
+
+    if args.n < 1:
+        raise ConfigError("n", f"must be >= 1, got {args.n}")
+    cfg = _world_config(args)
+    world = World(cfg, _device(args.device))
+    batch = world.sample(args.n, world.generator(args.seed))
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    records = batch.records()
+    audio = batch.audio.cpu().numpy()
+    width = len(str(args.n - 1))
+    lines = []
+    for i, (wave, rec) in enumerate(zip(audio, records)):
+        name = f"clip_{i:0{width}d}.wav"
+        sf.write(out / name, wave, cfg.sample_rate, subtype="FLOAT")
+        lines.append(json.dumps({"file": name, **rec}))
+    atomic_write_text(out / "factors.jsonl", "\n".join(lines) + "\n")
+    write_json(out / "world.json", cfg)
+    spectrogram_grid(batch.audio, records, cfg.sample_rate, out / "spectrograms.png")
+    print(f"wrote {args.n} clips, factors.jsonl, world.json and spectrograms.png to {out}")
+    return 0
+
+
+def spectrogram_grid(audio: torch.Tensor, records: list[dict], sample_rate: int, path: Path) -> None:
+    """One PNG: the log-mel spectrogram of every clip, titled with its source and f0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from audiopg.features import Fbank, FbankConfig
+
+    feats = Fbank(FbankConfig(sample_rate=sample_rate, num_mel_bins=128)).to(audio.device)(audio).cpu().numpy()
+    n = len(feats)
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for i, (spec, rec) in enumerate(zip(feats, records)):
+        ax = axes.flat[i]
+        ax.axis("on")
+        ax.imshow(spec.T, origin="lower", aspect="auto", cmap="magma",
+                  extent=(0, spec.shape[0] / 100, 0, spec.shape[1]), vmin=max(spec.min(), spec.max() - 80))
+        detail = f"f0 {rec['f0']:.0f} Hz" if "f0" in rec else rec.get("noise_colour", "")
+        ax.set_title(f"{i}: {rec['source']}, {detail}", fontsize=9)
+        ax.set_xlabel("s", fontsize=8)
+        ax.set_ylabel("mel bin", fontsize=8)
+        ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def run_stats(args) -> int:
+    from audiopg.features import FbankConfig
+    from audiopg.train.data import compute_fbank_stats
+
+    if args.clips < 1:
+        raise ConfigError("clips", f"must be >= 1, got {args.clips}")
+    cfg = _world_config(args)
+    fcfg = FbankConfig(sample_rate=cfg.sample_rate, num_mel_bins=args.mel_bins)
+    stats = compute_fbank_stats(cfg, fcfg, n_clips=args.clips, seed=args.seed, device=_device(args.device),
+                                batch_size=args.batch_size)
+    result = {"preset": str(args.preset), "clips": args.clips, "seed": args.seed, "seconds": cfg.seconds,
+              "mel_bins": args.mel_bins, **stats.to_dict()}
+    print(json.dumps(result))
+    if args.out:
+        write_json(args.out, result)
+    return 0
