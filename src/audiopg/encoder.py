@@ -18,21 +18,26 @@ Windowing
 ---------
 The encoder was trained on windows of ``num_frames`` frames
 (:attr:`Encoder.window_seconds`, e.g. 2.56 s).  A clip is first padded at the
-end with the white-noise floor of :mod:`audiopg.audio` (std 1e-4 of full
-scale, fixed seed; never digital zeros) to at least one window and to a whole
-number of 16-frame patch columns.
+end to at least one window and to a whole number of 16-frame patch columns,
+with white noise (fixed seed; never digital zeros, whose log-mel values sit at
+the log floor, a level the world never produces) at the quietest background
+level of the training world (``metadata["world"]["background"]["level"][0]``,
+1e-3 of full scale for the paper world), or :data:`audiopg.audio.PAD_NOISE_LEVEL`
+(also 1e-3) when the world has none; ``pad_noise_level`` overrides it.  The
+noise is added after peak normalization, so it is relative to the clip's peak.
 
 * Short clips (up to one window): one window.  Pooling averages only the patch
   columns that hold signal (a column holds signal when at least one of its
-  frames starts inside the clip); the padding columns are still seen by
-  attention, and the CLS token (``pool="cls"``) attends to everything.
+  frames lies entirely inside the clip; a clip shorter than one 25 ms frame
+  has one such column); the padding columns are still seen by attention, and
+  the CLS token (``pool="cls"``) attends to everything.
 * Longer clips: windows of the training length every ``hop`` (default half a
   window, a whole number of patch columns), plus a last window aligned with the
   end so the tail is covered.  Each window is pooled on its own; the scene
   embedding is the mean of the windows' pooled embeddings.
 
-Time-stamped embeddings (``embed(..., timestamps=True)``)
----------------------------------------------------------
+Time-stamped embeddings (``embed(..., timestamps=True)``, :meth:`Encoder.embed_timestamps`)
+-----------------------------------------------------------------------------------------
 A patch column spans 16 frames: 160 ms of hop, 175 ms of audio with the 25 ms
 analysis window.  To get a finer grid honestly (not by repeating values), the
 encoder runs on ``d`` copies of the spectrogram shifted by ``160 / d`` ms --
@@ -41,10 +46,14 @@ for the default ``timestamp_hop_ms=50``, ``d = 4`` and the shifts are 0, 40,
 frame is computed from its own samples only).  Each column's embedding is the
 mean of its tokens over the frequency patches (averaged over the overlapping
 windows that contain it); interleaving the copies gives one embedding every
-40 ms, stamped at the centre of its column's span: ``87.5 + 40 k`` ms.  The
-last timestamp is the last centre not after the end of the clip.  Cost: ``d``
-(= 4) times the encoder work of a scene embedding of the same clip, plus the
-scene pass itself.
+40 ms, stamped at the centre of its column's span.  The clip gets 80 ms of the
+noise floor in front (as it gets noise at the end), so the first centre is at
+7.5 ms, not 87.5 ms: the timestamps are ``7.5 + 40 k`` ms up to the last one
+not after the end of the clip, and the first and last embeddings describe
+spans that reach past the clip's edges into the noise floor.  A clip shorter
+than 7.5 ms gets one embedding, stamped at its middle.  Cost: ``d`` (= 4)
+times the encoder work of a scene embedding of the same clip
+(``embed(..., timestamps=True)`` adds the scene pass itself).
 """
 from __future__ import annotations
 
@@ -60,9 +69,9 @@ import torch
 from torch import nn
 
 from audiopg.audio import PAD_NOISE_LEVEL, noise_floor, resample
-from audiopg.config import ConfigError, from_dict
+from audiopg.config import ConfigError, from_dict, to_dict
 from audiopg.errors import AudioPGError, CheckpointError
-from audiopg.features import Fbank, FbankConfig, FbankStats
+from audiopg.features import Fbank, FbankConfig, FbankStats, num_frames
 from audiopg.model.checkpoint import load_encoder_file, read_metadata, resolve_encoder_path
 from audiopg.model.config import ModelConfig
 from audiopg.model.vit import ViTEncoder
@@ -97,9 +106,11 @@ class _Job:
 class Encoder(nn.Module):
     """A :class:`~audiopg.model.ViTEncoder` plus the preprocessing its checkpoint was trained with.
 
-    Build it with :meth:`from_pretrained`.  It is an ``nn.Module``: ``.to(device)``
-    moves it.  See the module docstring for preprocessing, windowing and
-    time-stamped embeddings.
+    Build it with :meth:`from_pretrained`, or from a model in memory with
+    ``Encoder(vit, metadata)`` (``metadata`` as in the checkpoint format:
+    ``fbank``, ``fbank_stats``, ``world``; ``model`` is filled in from ``vit``).
+    It is an ``nn.Module``: ``.to(device)`` moves it.  See the module docstring
+    for preprocessing, windowing and time-stamped embeddings.
     """
 
     def __init__(
@@ -108,7 +119,7 @@ class Encoder(nn.Module):
         metadata: Mapping[str, Any],
         *,
         hop_seconds: float | None = None,
-        pad_noise_level: float = PAD_NOISE_LEVEL,
+        pad_noise_level: float | None = None,
         source: str | os.PathLike | None = None,
         reinit: bool = False,
     ):
@@ -118,6 +129,9 @@ class Encoder(nn.Module):
         self._metadata = meta
         self.source = None if source is None else str(source)
         self.reinit = bool(reinit)
+        model_dict = to_dict(model.config)
+        if meta.setdefault("model", model_dict) != model_dict:
+            raise CheckpointError(f"{where}: the metadata's model settings differ from the model's config")
         fbank_config = _parse(FbankConfig, meta.get("fbank"), "fbank", where)
         self.fbank_config = dataclasses.replace(fbank_config, target_frames=None)
         try:
@@ -134,7 +148,11 @@ class Encoder(nn.Module):
             )
         world = meta.get("world")
         self.peak_normalize = bool(world.get("peak_normalize", True)) if isinstance(world, Mapping) else True
-        if not (pad_noise_level >= 0 and math.isfinite(pad_noise_level)):
+        if pad_noise_level is None:
+            pad_noise_level = _world_noise_floor(world)
+        if isinstance(pad_noise_level, bool) or not isinstance(pad_noise_level, (int, float)) or not (
+            pad_noise_level >= 0 and math.isfinite(pad_noise_level)
+        ):
             raise ValueError(f"pad_noise_level must be a finite number >= 0, got {pad_noise_level!r}")
         self.pad_noise_level = float(pad_noise_level)
         self.model = model.eval()
@@ -273,13 +291,32 @@ class Encoder(nn.Module):
         scene = scene.clone()
         if not timestamps:
             return Embeddings(scene=scene)
-        frames, stamps = [], []
-        for emb, ms in cols:
-            frames.append(emb.clone())
-            stamps.append(ms.clone())
-        if stacked:
-            return Embeddings(scene=scene, frames=torch.stack(frames), timestamps=torch.stack(stamps))
+        frames, stamps = _collect(cols, stacked)
         return Embeddings(scene=scene, frames=frames, timestamps=stamps)
+
+    def embed_timestamps(
+        self,
+        waveforms: Any,
+        sample_rate: int,
+        *,
+        layer: int = -1,
+        batch_size: int = 32,
+        normalize: bool | None = None,
+        hop_seconds: float | None = None,
+        timestamp_hop_ms: float = 50.0,
+    ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | list[torch.Tensor]]:
+        """Only the time-stamped embeddings of :meth:`embed` (``frames``, ``timestamps`` in ms), without the scene pass."""
+        self._check_layer_pool(layer, "mean")
+        if layer == "all":
+            raise ValueError("time-stamped embeddings need a single layer (an int), not layer='all'")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        hop_frames = self._hop_frames(hop_seconds) if hop_seconds is not None else self.hop_frames
+        shifts = self._num_shifts(timestamp_hop_ms)
+        clips, durations_ms, stacked = self._prepare(waveforms, sample_rate, normalize)
+        with torch.inference_mode():
+            _, cols = self._run(clips, durations_ms, layer, "mean", batch_size, hop_frames, shifts, want_scene=False)
+        return _collect(cols, stacked)
 
     def features(self, waveforms: Any, sample_rate: int, *, normalize: bool | None = None) -> torch.Tensor | list[torch.Tensor]:
         """The normalized log-mel input ``(T, num_mel_bins)`` the encoder windows over, per clip.
@@ -385,9 +422,9 @@ class Encoder(nn.Module):
         return self.fbank_stats.normalize(self.fbank(wave))
 
     def _signal_columns(self, num_samples: int) -> int:
-        """Patch columns holding signal: those with a frame starting inside the clip."""
-        frames = -(-num_samples // self.fbank_config.window_shift)
-        return max(1, -(-frames // self.config.patch_size))
+        """Patch columns holding signal: those with a frame lying entirely inside the clip (at least one column)."""
+        frames = max(1, num_frames(num_samples, self.fbank_config))
+        return -(-frames // self.config.patch_size)
 
     def _scene_spec(self, wave: torch.Tensor) -> tuple[torch.Tensor, int]:
         """(spectrogram of whole columns, at least one window; number of columns holding signal)."""
@@ -415,7 +452,8 @@ class Encoder(nn.Module):
         batch_size: int,
         hop_frames: int,
         shifts: int,
-    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        want_scene: bool = True,
+    ) -> tuple[torch.Tensor | None, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Windows of every clip through the encoder in batches of ``batch_size``.
 
         Returns the scene embeddings and, when ``shifts`` > 0, per clip the
@@ -455,17 +493,20 @@ class Encoder(nn.Module):
                 flush()
 
         for i, wave in enumerate(clips):
-            spec, valid = self._scene_spec(wave)
-            for s in self._window_starts(spec.shape[0] // p, hop_frames):
-                add(spec[s * p:(s + grid_t) * p], _Job(clip=i, start=s, valid=min(grid_t, valid - s)))
+            if want_scene:
+                spec, valid = self._scene_spec(wave)
+                for s in self._window_starts(spec.shape[0] // p, hop_frames):
+                    add(spec[s * p:(s + grid_t) * p], _Job(clip=i, start=s, valid=min(grid_t, valid - s)))
             if shifts:
                 for spec_k, k, start in self._timestamp_windows(i, wave, durations_ms[i], shifts, hop_frames, ts_sum, ts_count, ts_meta):
                     add(spec_k, _Job(clip=i, start=start, valid=grid_t, copy=k))
         flush()
 
-        scene = scene_sum / scene_count[:, None, None]
-        if layer != "all":
-            scene = scene[:, 0]
+        scene = None
+        if want_scene:
+            scene = scene_sum / scene_count[:, None, None]
+            if layer != "all":
+                scene = scene[:, 0]
         out_ts: list[tuple[torch.Tensor, torch.Tensor]] = []
         for i in range(len(clips) if shifts else 0):
             count_m, sub_ms, first_ms = ts_meta[i]
@@ -482,15 +523,24 @@ class Encoder(nn.Module):
         self, i: int, wave: torch.Tensor, duration_ms: float, shifts: int, hop_frames: int,
         ts_sum: dict, ts_count: dict, ts_meta: dict,
     ) -> Iterator[tuple[torch.Tensor, int, int]]:
-        """Windows of the ``shifts`` shifted copies of clip ``i``; sets up its accumulators."""
+        """Windows of the ``shifts`` shifted copies of clip ``i``; sets up its accumulators.
+
+        The clip gets ``lead`` sub-steps of noise floor in front, so that the
+        first column centre falls within the first sub-step (7.5 ms by default)
+        rather than at 87.5 ms: the start of the clip is covered like its end.
+        """
         cfg, p = self.fbank_config, self.config.patch_size
         grid_t = self.window_frames // p
         sub = p // shifts  # frames between copies
-        frame_ms = 1000.0 / cfg.sample_rate
-        first_ms = ((p - 1) / 2 * cfg.window_shift + cfg.window_length / 2) * frame_ms  # centre of column 0
-        sub_ms = sub * cfg.window_shift * frame_ms
+        sample_ms = 1000.0 / cfg.sample_rate
+        sub_ms = sub * cfg.window_shift * sample_ms
+        centre_ms = ((p - 1) / 2 * cfg.window_shift + cfg.window_length / 2) * sample_ms  # of a column, from its start
+        lead = int(centre_ms // sub_ms)  # sub-steps of padding in front
+        first_ms = centre_ms - lead * sub_ms
         count_m = 1 if duration_ms < first_ms else int(math.floor((duration_ms - first_ms) / sub_ms + 1e-9)) + 1
         cols = max(grid_t, -(-count_m // shifts))
+        front = torch.from_numpy(noise_floor(lead * sub * cfg.window_shift, self.pad_noise_level, seed=1))
+        wave = torch.cat([front.to(wave.device), wave])
         spec = self._padded_spec(wave, (shifts - 1) * sub + cols * p)
         ts_sum[i] = torch.zeros(shifts, cols, self.embedding_size, device=self.device)
         ts_count[i] = torch.zeros(shifts, cols, device=self.device)
@@ -519,6 +569,27 @@ class Encoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- helpers
+def _world_noise_floor(world: Any) -> float:
+    """The quietest background noise std of the training world, or PAD_NOISE_LEVEL when it records none."""
+    if isinstance(world, Mapping):
+        bg = world.get("background")
+        if isinstance(bg, Mapping) and bg.get("enabled", True):
+            level = bg.get("level")
+            if isinstance(level, (list, tuple)) and level and isinstance(level[0], (int, float)):
+                if math.isfinite(level[0]) and level[0] > 0:
+                    return float(level[0])
+    return PAD_NOISE_LEVEL
+
+
+def _collect(cols: list[tuple[torch.Tensor, torch.Tensor]], stacked: bool) -> tuple[Any, Any]:
+    """Per-clip (frames, timestamps) -> stacked tensors or lists of ordinary (non-inference) tensors."""
+    frames = [emb.clone() for emb, _ in cols]
+    stamps = [ms.clone() for _, ms in cols]
+    if stacked:
+        return torch.stack(frames), torch.stack(stamps)
+    return frames, stamps
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` -> CUDA when available, else CPU.  An unknown device, or CUDA without CUDA, raises AudioPGError."""
     if isinstance(device, str) and device == "auto":

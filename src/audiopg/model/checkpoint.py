@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from audiopg.errors import CheckpointError
@@ -59,7 +59,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any]:
     try:
         with safe_open(str(path), framework="pt") as f:
             raw = (f.metadata() or {}).get(METADATA_KEY)
-    except (SafetensorsError, OSError, ValueError) as err:
+    except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not a readable safetensors file ({err})") from None
     return _parse_metadata(path, raw)
 
@@ -70,7 +70,7 @@ def load_encoder_file(path: str | os.PathLike, device: str | torch.device = "cpu
     meta = read_metadata(path)
     try:
         state = load_file(str(path), device=str(device))
-    except (SafetensorsError, OSError, ValueError) as err:
+    except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot read the weights ({err})") from None
     return state, meta
 

@@ -1,0 +1,114 @@
+"""The HEAR 2021 common API for AudioPG encoders.
+
+    >>> from audiopg import hear
+    >>> model = hear.load_model("runs/paper-tiny")              # run folder, model folder or encoder.safetensors
+    >>> scene = hear.get_scene_embeddings(audio, model)          # audio: (n_sounds, n_samples) at model.sample_rate
+    >>> emb, ts = hear.get_timestamp_embeddings(audio, model)    # (n, T, D), (n, T) in ms
+
+``load_model`` returns a ``torch.nn.Module`` with the attributes ``sample_rate``,
+``scene_embedding_size`` and ``timestamp_embedding_size``; ``.to(device)``
+moves it (as the HEAR validator does).  Outputs are float32 on the audio's
+device.
+
+Scene embeddings: :meth:`audiopg.Encoder.embed` (mean-pooled final layer by
+default; clips shorter than the training window are padded with the
+training world's quietest noise floor, -60 dBFS for the paper world, and
+pooled over the columns holding signal; longer ones are averaged over
+half-overlapping windows).
+
+Timestamp embeddings: the encoder's time patches are 160 ms long, too coarse
+for HEAR's 50 ms hop.  The encoder therefore runs on 4 copies of the input
+shifted by 0, 40, 80 and 120 ms; every patch column gives one embedding (the
+mean of its tokens over the frequency patches) and interleaving the copies
+gives one embedding every 40 ms, stamped at the centre of the column's span.
+The clip is padded with 80 ms of noise floor in front (and at the end), so
+the timestamps run from 7.5 ms in steps of 40 ms up to the end of the clip.  This costs 4 encoder passes
+over the clip -- 4 times the work of its scene embedding (on audio longer than
+a window, each pass covers it with half-overlapping windows, like the scene
+embedding).  See :mod:`audiopg.encoder` for details.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from audiopg.encoder import Encoder
+from audiopg.errors import CheckpointError
+
+__all__ = ["HearModel", "load_model", "get_scene_embeddings", "get_timestamp_embeddings"]
+
+
+class HearModel(nn.Module):
+    """An :class:`~audiopg.Encoder` with the attributes and settings the HEAR API needs."""
+
+    def __init__(self, encoder: Encoder, *, layer: int = -1, pool: str = "mean", batch_size: int = 32,
+                 timestamp_hop_ms: float = 50.0):
+        super().__init__()
+        encoder._check_layer_pool(layer, pool)
+        if layer == "all":
+            raise ValueError("the HEAR API needs a single layer (an int), not 'all'")
+        self.encoder = encoder
+        self.layer = layer
+        self.pool = pool
+        self.batch_size = int(batch_size)
+        self.timestamp_hop_ms = float(timestamp_hop_ms)
+        self.sample_rate = int(encoder.sample_rate)
+        self.scene_embedding_size = int(encoder.embedding_size)
+        self.timestamp_embedding_size = int(encoder.embedding_size)
+
+    def extra_repr(self) -> str:
+        return f"layer={self.layer}, pool={self.pool!r}, sample_rate={self.sample_rate}"
+
+
+def load_model(model_file_path: str | os.PathLike = "", **kwargs: Any) -> HearModel:
+    """Load an AudioPG encoder for HEAR: ``model_file_path`` is a run folder, a model folder or ``encoder.safetensors``.
+
+    Keyword arguments: ``device`` (default "cpu"; "auto" picks CUDA when
+    available), ``layer`` (-1), ``pool`` ("mean"), ``batch_size`` (32 windows),
+    ``timestamp_hop_ms`` (50), and anything :meth:`Encoder.from_pretrained`
+    takes (``reinit``, ``seed``, ``hop_seconds``, ``pad_noise_level``).
+    """
+    if not model_file_path:
+        raise CheckpointError(
+            "audiopg.hear.load_model needs model_file_path: a run folder, a model folder or an "
+            "encoder.safetensors file (AudioPG ships no default weights)"
+        )
+    hear_keys = ("layer", "pool", "batch_size", "timestamp_hop_ms")
+    hear_kwargs = {k: kwargs.pop(k) for k in hear_keys if k in kwargs}
+    device = kwargs.pop("device", "cpu")
+    encoder = Encoder.from_pretrained(model_file_path, device=device, **kwargs)
+    return HearModel(encoder, **hear_kwargs)
+
+
+def _check_audio(audio: Any, model: HearModel) -> torch.Tensor:
+    if not isinstance(model, HearModel):
+        raise TypeError(f"model must come from audiopg.hear.load_model, got {type(model).__name__}")
+    if not isinstance(audio, torch.Tensor):
+        raise TypeError(f"audio must be a torch.Tensor of shape (n_sounds, n_samples), got {type(audio).__name__}")
+    if audio.dim() != 2 or audio.shape[0] == 0 or audio.shape[1] == 0:
+        raise ValueError(f"audio must have shape (n_sounds, n_samples) with both > 0, got {tuple(audio.shape)}")
+    return audio
+
+
+def get_scene_embeddings(audio: torch.Tensor, model: HearModel) -> torch.Tensor:
+    """``(n_sounds, n_samples)`` audio at ``model.sample_rate`` -> ``(n_sounds, model.scene_embedding_size)`` float32."""
+    audio = _check_audio(audio, model)
+    out = model.encoder.embed(audio, model.sample_rate, layer=model.layer, pool=model.pool,
+                              batch_size=model.batch_size)
+    return out.scene.to(device=audio.device, dtype=torch.float32)
+
+
+def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(n_sounds, n_samples)`` -> embeddings ``(n_sounds, n_timestamps, D)`` and timestamps ``(n_sounds, n_timestamps)`` in ms.
+
+    One embedding every 40 ms (at most ``model.timestamp_hop_ms``), centred on
+    what it describes; see the module docstring for the method.
+    """
+    audio = _check_audio(audio, model)
+    frames, stamps = model.encoder.embed_timestamps(audio, model.sample_rate, layer=model.layer,
+                                                    batch_size=model.batch_size,
+                                                    timestamp_hop_ms=model.timestamp_hop_ms)
+    return frames.to(device=audio.device, dtype=torch.float32), stamps.to(device=audio.device, dtype=torch.float32)

@@ -1,0 +1,141 @@
+"""Tests for audiopg.hear, in the spirit of hear-baseline's tests and the HEAR 2021 validator's checks."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from audiopg import hear
+from audiopg.config import to_dict
+from audiopg.errors import CheckpointError
+from audiopg.features import FbankConfig
+from audiopg.model import ModelConfig, ViTEncoder
+from audiopg.model.checkpoint import save_encoder
+from audiopg.synth import load_world_config
+
+torch.set_num_threads(1)
+
+# the tiny preset's 2.56 s window (256 frames) with small widths
+CONFIG = ModelConfig(num_frames=256, embed_dim=24, depth=2, num_heads=2,
+                     decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)
+LENGTHS = (0.5, 1.07, 1.98, 2.56, 4.0, 10.0)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("hear_run")
+    torch.manual_seed(0)
+    meta = {
+        "model": to_dict(CONFIG),
+        "fbank": to_dict(FbankConfig(num_mel_bins=128, target_frames=256)),
+        "fbank_stats": {"mean": -6.0, "std": 4.0},
+        "world": load_world_config("paper").to_dict(),
+        "step": 1,
+    }
+    save_encoder(folder / "encoder.safetensors", ViTEncoder(CONFIG).state_dict(), meta)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return hear.load_model(str(model_dir))
+
+
+def white_noise(n_sounds: int, seconds: float, sr: int = 16000, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(n_sounds, int(seconds * sr), generator=g) * 2 - 1
+
+
+def test_model_attributes(model, model_dir):
+    assert isinstance(model, torch.nn.Module)
+    assert model.sample_rate == 16000 and model.sample_rate in (16000, 22050, 44100, 48000)
+    assert isinstance(model.scene_embedding_size, int) and model.scene_embedding_size == 24
+    assert isinstance(model.timestamp_embedding_size, int) and model.timestamp_embedding_size == 24
+    assert model.to("cpu") is model
+    assert hear.load_model(model_dir / "encoder.safetensors").sample_rate == 16000
+    with pytest.raises(CheckpointError, match="model_file_path"):
+        hear.load_model()
+
+
+def test_load_model_passes_settings(model_dir):
+    m = hear.load_model(str(model_dir), layer=0, pool="cls", batch_size=4, reinit=True, seed=3)
+    assert m.layer == 0 and m.pool == "cls" and m.batch_size == 4 and m.encoder.reinit
+    with pytest.raises(ValueError, match="layer"):
+        hear.load_model(str(model_dir), layer=7)
+
+
+@pytest.mark.parametrize("seconds", [0.5, 2.56, 10.0])
+def test_scene_embeddings_shape_dtype_device(model, seconds):
+    audio = white_noise(2, seconds)
+    emb = hear.get_scene_embeddings(audio, model)
+    assert emb.shape == (2, model.scene_embedding_size)
+    assert emb.dtype == torch.float32 and emb.device == audio.device
+    assert torch.isfinite(emb).all()
+    assert not torch.allclose(emb[0], emb[1])
+
+
+def test_scene_embeddings_are_deterministic_and_batch_equals_items(model):
+    audio = white_noise(3, 2.74, seed=1)
+    a = hear.get_scene_embeddings(audio, model)
+    b = hear.get_scene_embeddings(audio, model)
+    assert torch.equal(a, b)
+    for i in range(3):
+        single = hear.get_scene_embeddings(audio[i:i + 1], model)
+        torch.testing.assert_close(single[0], a[i], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("seconds", LENGTHS)
+def test_timestamp_embeddings_follow_the_validator_rules(model, seconds):
+    audio = white_noise(2, seconds, seed=2)
+    emb, ts = hear.get_timestamp_embeddings(audio, model)
+    assert emb.ndim == 3 and ts.ndim == 2
+    assert emb.shape[0] == 2 and emb.shape[:2] == ts.shape
+    assert emb.shape[2] == model.timestamp_embedding_size
+    assert emb.dtype == torch.float32 and ts.dtype == torch.float32
+    assert emb.device == audio.device and ts.device == audio.device
+    assert torch.isfinite(emb).all()
+    t = ts.numpy().astype(np.float64)
+    assert np.array_equal(t[0], t[1])
+    diff = np.diff(t, axis=1)
+    assert (diff > 0).all(), "timestamps must increase"
+    assert diff.max() <= 50.0, "hop must be at most 50 ms"
+    assert np.abs(diff - diff.mean()).max() <= 1.0, "timestamps must be regular"
+    length_ms = 1000 * seconds
+    assert t.max() <= length_ms
+    assert t.max() >= length_ms - 2 * diff.mean()  # validator: embeddings must reach the end
+    assert t.min() <= diff.mean()  # the validator warns when the first timestamp comes later
+
+
+def test_timestamp_embeddings_are_deterministic_and_batch_equals_items(model):
+    audio = white_noise(3, 4.0, seed=3)
+    emb, ts = hear.get_timestamp_embeddings(audio, model)
+    emb2, _ = hear.get_timestamp_embeddings(audio, model)
+    assert torch.equal(emb, emb2)
+    for i in range(3):
+        e1, t1 = hear.get_timestamp_embeddings(audio[i:i + 1], model)
+        torch.testing.assert_close(e1[0], emb[i], atol=1e-4, rtol=0)
+        assert torch.equal(t1[0], ts[i])
+
+
+def test_timestamp_embeddings_vary_over_time(model):
+    audio = torch.zeros(1, 32000)
+    audio[0, 16000:20000] = white_noise(1, 0.25, seed=4)[0]  # a burst at 1.0-1.25 s
+    emb, ts = hear.get_timestamp_embeddings(audio, model)
+    before = emb[0, ts[0] < 700]
+    during = emb[0, (ts[0] > 1050) & (ts[0] < 1200)]
+    assert len(before) and len(during)
+    assert (during.mean(0) - before.mean(0)).norm() > 0.1 * before.norm(dim=1).mean()
+
+
+def test_silence_gives_finite_embeddings(model):
+    silence = torch.zeros(2, 16000)
+    assert torch.isfinite(hear.get_scene_embeddings(silence, model)).all()
+    emb, ts = hear.get_timestamp_embeddings(silence, model)
+    assert torch.isfinite(emb).all() and torch.isfinite(ts).all()
+
+
+def test_bad_audio_is_rejected(model):
+    with pytest.raises(ValueError, match="n_sounds"):
+        hear.get_scene_embeddings(torch.zeros(16000), model)
+    with pytest.raises(TypeError):
+        hear.get_scene_embeddings(np.zeros((1, 16000), np.float32), model)
