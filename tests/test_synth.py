@@ -153,7 +153,11 @@ def test_pulses_are_band_limited(shape):
     cfg = load_world_config("paper").sources["pulse"]
     factors = {"f0": torch.tensor([f0]), "pulse_shape": torch.tensor([PULSE_SHAPES.index(shape)]),
                "pulse_phase": torch.tensor([0.3])}
-    ours = torch.fft.irfft(src.render(cfg, factors, n, SR, None), n=n)[0].double().numpy()
+    from audiopg.synth.sources import place_partials
+
+    spec = torch.zeros(1, n // 2 + 1, dtype=torch.complex64)
+    place_partials(spec, torch.tensor([0]), src.render(cfg, factors, n, SR, None), n, SR)
+    ours = torch.fft.irfft(spec, n=n)[0].double().numpy()
     t = np.arange(n) / SR
     ph = (f0 * t + 0.3 / (2 * math.pi)) % 1.0
     naive = {"sawtooth": 2 * ph - 1, "square": np.where(ph < 0.5, 1.0, -1.0),
@@ -392,3 +396,45 @@ def test_cuda_matches_shapes_and_determinism():
     w = World(load_world_config("paper", ["seconds=2.0"]), device="cuda")
     a, b = w.sample(8, 0), w.sample(8, 0)
     assert a.audio.is_cuda and torch.equal(a.audio, b.audio)
+
+
+def test_bessel_functions_match_scipy():
+    special = pytest.importorskip("scipy.special")
+    from audiopg.synth.sources import bessel_j
+
+    x = torch.tensor([0.0, 1e-3, 0.5, 2.405, 5.0, 8.0, 20.0], dtype=torch.float64)
+    ours = bessel_j(x, 20).numpy()
+    ref = special.jv(np.arange(21)[None, :], x.numpy()[:, None])
+    assert np.abs(ours - ref).max() < 1e-10
+
+
+def test_fm_is_band_limited_and_matches_the_time_domain_formula():
+    w = world(*PLAIN, "events.count=[1,1]", "events.min_seconds=0.99", seconds=1.0)
+    # low carrier: every sideband that matters is below Nyquist, so it equals the direct formula
+    fixed = {"source": "fm", "f0": 220.0, "fm_ratio": 1.5, "fm_index": 3.0}
+    x = World(load_world_config("paper", ["seconds=1.0", *PLAIN])).sample(1, 0, fixed=fixed)
+    src = SOURCES["fm"]
+    cfg = load_world_config("paper").sources["fm"]
+    factors = {k: v for k, v in x.factors.items()}
+    from audiopg.synth.sources import place_partials
+
+    spec = torch.zeros(1, SR // 2 + 1, dtype=torch.complex64)
+    place_partials(spec, torch.tensor([0]), src.render(cfg, factors, SR, SR, None), SR, SR)
+    ours = torch.fft.irfft(spec, n=SR)[0].double().numpy()
+    t = np.arange(SR) / SR
+    pc, pm = factors["fm_phase"][0].tolist()
+    direct = np.sin(2 * np.pi * 220 * t + pc + 3.0 * np.sin(2 * np.pi * 330 * t + pm))
+    assert np.abs(ours - direct).max() < 1e-4
+    # a high carrier with a large index: sidebands past Nyquist are dropped, not folded back
+    factors = {"f0": torch.tensor([1900.0]), "fm_ratio": torch.tensor([3.14]), "fm_index": torch.tensor([8.0]),
+               "fm_phase": torch.tensor([[0.1, 0.2]])}
+    spec = torch.zeros(1, SR // 2 + 1, dtype=torch.complex64)
+    place_partials(spec, torch.tensor([0]), src.render(cfg, factors, SR, SR, None), SR, SR)
+    mag = spec[0].abs().numpy()
+    lines = np.nonzero(mag > 1e-6 * mag.max())[0]  # 1 Hz bins
+    fm = 5966.0  # 1900 * 3.14 on the 1 Hz grid
+    n = np.round((lines - 1900.0) / fm)
+    n_neg = np.round((-lines - 1900.0) / fm)
+    err = np.minimum(np.abs(lines - np.abs(1900 + n * fm)), np.abs(lines - np.abs(1900 + n_neg * fm)))
+    assert err.max() == 0, "every line is a true (possibly negative, folded) sideband"
+    assert sorted(lines.tolist()) == [1900, 4066, 7866]  # n = 0, -1 (folded), +1; the rest lie past 8 kHz

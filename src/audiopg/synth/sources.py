@@ -7,10 +7,13 @@ It brings
   ``weight``, the relative chance that a clip uses it);
 * ``sample(cfg, n, rng)``: its ground-truth factors for ``n`` clips, as tensors;
 * ``render(cfg, factors, num_samples, sample_rate, rng)``: the source signal of the
-  clips given, periodic over the clip: either a real tensor (m, num_samples)
-  with an RMS of 1, or its one-sided spectrum, a complex tensor
-  (m, num_samples // 2 + 1) of any scale (the world normalizes it to RMS 1 and
-  applies the low-pass there before its one inverse FFT).
+  clips given, periodic over the clip, as one of
+  - :class:`Partials`: sinusoids (frequency, amplitude, phase), each (m, K);
+  - a complex tensor (m, num_samples // 2 + 1): a one-sided spectrum;
+  - a real tensor (m, num_samples): a time signal.
+  The world puts partials and spectra of the whole batch into one spectrum,
+  normalizes every clip to RMS 1, applies the low-pass there and makes all
+  clips with one inverse FFT.
 
 The world draws every source's factors for every clip (so the random stream
 does not depend on which source a clip gets), keeps each clip's own, and
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 
@@ -80,19 +83,29 @@ def _check_f0(key: str, f0: tuple[float, float], world: "WorldConfig") -> None:
         raise ConfigError(f"{key}.f0", f"max {f0[1]} Hz must be below Nyquist ({world.sample_rate / 2:g} Hz)")
 
 
-def _place_partials(m: int, num_samples: int, sample_rate: int, freqs: torch.Tensor, amps: torch.Tensor,
-                    phases: torch.Tensor) -> torch.Tensor:
-    """Spectrum with sinusoids at ``freqs`` (m, K) Hz, rounded to FFT bins; amps 0 drop a partial."""
+class Partials(NamedTuple):
+    """Sinusoids ``amp * sin(2 pi freq t + phase)``, each field (m, K); amp 0 drops one."""
+
+    freqs: torch.Tensor
+    amps: torch.Tensor
+    phases: torch.Tensor
+
+
+def place_partials(spec: torch.Tensor, rows: torch.Tensor, partials: Partials, num_samples: int,
+                   sample_rate: int) -> None:
+    """Add sinusoids into rows of a one-sided spectrum (n, num_samples // 2 + 1), in place.
+
+    Frequencies are rounded to the clip's FFT bins; those at or above Nyquist (and DC) are
+    dropped, which makes every partial source band-limited.
+    """
+    freqs, amps, phases = partials
     bins = torch.round(freqs * num_samples / sample_rate).long()
     half = num_samples // 2
     keep = (bins >= 1) & (bins < half) & (freqs < sample_rate / 2) & (amps != 0)
-    bins = torch.where(keep, bins, torch.zeros_like(bins))
     # x(t) = a sin(w t + phi) -> bin value a N/2 exp(i (phi - pi/2))
-    values = torch.polar(amps * keep * (num_samples / 2), phases - math.pi / 2)
-    spec = torch.zeros(m, half + 1, dtype=values.dtype, device=freqs.device)
-    spec.scatter_add_(1, bins, values)
-    spec[:, 0] = 0
-    return spec
+    values = torch.polar(amps * keep * (num_samples / 2), phases - math.pi / 2).to(spec.dtype)
+    row = rows[:, None].expand_as(bins)
+    spec.index_put_((row[keep], bins[keep]), values[keep], accumulate=True)
 
 
 def quantize_frequency(freq: torch.Tensor, num_samples: int, sample_rate: int) -> torch.Tensor:
@@ -147,7 +160,7 @@ class Harmonic(Source):
         freqs = f0[:, None] * k * (1 + factors["partial_detune"])
         amps = factors["partial_gain"] * k.pow(-factors["gamma"][:, None])
         amps = amps * (k <= factors["partials"][:, None])
-        return _place_partials(len(f0), num_samples, sample_rate, freqs, amps, factors["partial_phase"])
+        return Partials(freqs, amps, factors["partial_phase"])
 
 
 # ----------------------------------------------------------------------------- FM
@@ -185,31 +198,51 @@ class FM(Source):
         }
 
     def render(self, cfg, factors, num_samples, sample_rate, rng):
+        """sin(wc t + pc + b sin(wm t + pm)) = sum_n J_n(b) sin((wc + n wm) t + pc + n pm): the
+        sidebands as partials (exact up to |n| <= max index + 12, where J_n is below 1e-6), so
+        that the source is band-limited; lines at negative frequencies fold back with their sign.
+        Carrier and modulator lie on the clip's FFT grid, so the source is periodic over the clip."""
         f0 = factors["f0"]
-        # carrier and modulator on the clip's FFT grid, so the source is periodic over the clip
-        kc = torch.round(f0 * num_samples / sample_rate)
-        km = torch.round(f0 * factors["fm_ratio"] * num_samples / sample_rate)
-        ph = factors["fm_phase"]
-        mod = factors["fm_index"][:, None] * torch.sin(_grid_phase(km, ph[:, 1], num_samples))
-        carrier = _grid_phase(kc, ph[:, 0], num_samples)
-        return torch.sin(carrier.add_(mod)).mul_(math.sqrt(2.0))  # a unit sinusoid has RMS 1/sqrt(2)
+        beta = factors["fm_index"]
+        K = int(math.ceil(cfg.index[1])) + 12
+        fc = quantize_frequency(f0, num_samples, sample_rate)[:, None].double()
+        fm = quantize_frequency(f0 * factors["fm_ratio"], num_samples, sample_rate)[:, None].double()
+        n = torch.arange(-K, K + 1, device=f0.device, dtype=torch.float64)
+        jn = bessel_j(beta.double(), K)  # (m, K + 1): J_0 .. J_K
+        sign = torch.where(n < 0, (-1.0) ** n.abs(), torch.ones_like(n))
+        amp = jn[:, n.abs().long()] * sign  # J_-n = (-1)^n J_n
+        freq = fc + n * fm
+        phase = factors["fm_phase"][:, :1].double() + n * factors["fm_phase"][:, 1:].double()
+        folded = freq < 0  # sin(-w t + p) = -sin(w t - p)
+        return Partials(freq.abs().float(), torch.where(folded, -amp, amp).float(),
+                        torch.where(folded, -phase, phase).float())
 
 
-def _grid_phase(bins: torch.Tensor, phase: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """2 pi bins n / N + phase for n < N, shape (m, N), accurate in float32 for long clips.
+def bessel_j(x: torch.Tensor, order: int) -> torch.Tensor:
+    """Bessel functions J_0..J_order of x >= 0, shape (m, order + 1), float64.
 
-    Sample n is split as hi * B + lo; the phase of each part is wrapped in float64 on
-    small tables, and one broadcast add builds the full-length phase.
-    """
-    block = 1024
-    hi_count = -(-num_samples // block)
-    k = bins.double()[:, None]
-    hi = torch.arange(hi_count, device=bins.device, dtype=torch.float64) * block
-    lo = torch.arange(block, device=bins.device, dtype=torch.float64)
-    ph_hi = torch.remainder(k * hi / num_samples, 1.0) * (2 * math.pi) + phase.double()[:, None]
-    ph_lo = torch.remainder(k * lo / num_samples, 1.0) * (2 * math.pi)
-    full = ph_hi.float()[:, :, None] + ph_lo.float()[:, None, :]
-    return full.reshape(len(bins), -1)[:, :num_samples]
+    Miller's backward recurrence J_(k-1) = (2k / x) J_k - J_(k+1) from far above ``order``,
+    normalized by J_0 + 2 (J_2 + J_4 + ...) = 1, with rescaling against overflow."""
+    x = x.clamp_min(1e-8)
+    start = 2 * ((order + int(x.max().item()) + 32) // 2)
+    m = x.shape[0]
+    out = torch.zeros(m, order + 1, dtype=torch.float64, device=x.device)
+    j_next = torch.zeros(m, dtype=torch.float64, device=x.device)
+    j_cur = torch.full_like(j_next, 1e-30)
+    norm = torch.zeros_like(j_next)
+    for k in range(start, 0, -1):
+        j_next, j_cur = j_cur, (2 * k / x) * j_cur - j_next  # j_cur is now J_(k-1)
+        if k - 1 <= order:
+            out[:, k - 1] = j_cur
+        if (k - 1) % 2 == 0:
+            norm = norm + (2 if k > 1 else 1) * j_cur
+        big = j_cur.abs() > 1e150
+        if bool(big.any()):
+            scale = torch.ones_like(j_cur).masked_fill_(big, 1e-150)
+            j_cur, j_next, norm = j_cur * scale, j_next * scale, norm * scale
+            out = out * scale[:, None]
+    out = out / norm[:, None]
+    return torch.where(x[:, None] <= 1e-8, (torch.arange(order + 1, device=x.device) == 0).double(), out)
 
 
 # ----------------------------------------------------------------------------- pulses
@@ -261,7 +294,7 @@ class Pulse(Source):
         amps = torch.where(shape == 0, saw, torch.where(shape == 1, square, tri))
         freqs = f0[:, None] * k
         phases = factors["pulse_phase"][:, None] * k  # a time shift of the whole waveform
-        return _place_partials(len(f0), num_samples, sample_rate, freqs, amps, phases)
+        return Partials(freqs, amps, phases)
 
 
 # ----------------------------------------------------------------------------- noise

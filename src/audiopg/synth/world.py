@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from audiopg.synth.config import WorldConfig
-from audiopg.synth.sources import SOURCES
+from audiopg.synth.sources import SOURCES, Partials, place_partials
 
 CONTROL_RATE_HZ = 1000  # envelope control points per second (1 ms grid)
 LOWPASS_PAD = 4096  # zero padding before FFT filtering: the filter's tail dies out well within it
@@ -303,12 +303,7 @@ class World:
         cfg = self.config
         n, N = f["source"].shape[0], self.num_samples
         x = torch.empty(n, N, device=self.device)
-        for name, source, scfg in self.sources:
-            idx = (f["source"] == self.source_codes[name]).nonzero()[:, 0]
-            if len(idx):
-                sub = {k: v[idx] for k, v in f.items()}
-                out = source.render(scfg, sub, N, cfg.sample_rate, rng)
-                x[idx] = _filtered_unit_rms(out, sub["cutoff"], N, cfg.sample_rate)
+        self._render_sources(x, f, rng)
         event_rms = self._apply_events(x, f)
         self._add_transients(x, f, event_rms, rng)
         x.mul_(10 ** (f["signal_peak_db"][:, None] / 20) / _peak(x))
@@ -324,6 +319,34 @@ class World:
         f["rms_db"] = 10 * torch.log10(_power(x).clamp_min(1e-30))
         return x
 
+    def _render_sources(self, x: torch.Tensor, f: dict[str, torch.Tensor], rng: Randomness) -> None:
+        """Each clip's source, RMS 1, low-passed where it has a cutoff, into ``x`` (n, N).
+
+        Partials and spectra of all clips go into one spectrum, which is normalized (Parseval),
+        filtered and inverted with one inverse FFT.  Every source is periodic over the clip, so filtering by the clip's own FFT is exact.
+        """
+        n, N, sr = x.shape[0], x.shape[1], self.config.sample_rate
+        spec = torch.zeros(n, N // 2 + 1, dtype=torch.complex64, device=self.device)
+        for name, source, scfg in self.sources:
+            idx = (f["source"] == self.source_codes[name]).nonzero()[:, 0]
+            if len(idx) == 0:
+                continue
+            out = source.render(scfg, {k: v[idx] for k, v in f.items()}, N, sr, rng)
+            if isinstance(out, Partials):
+                place_partials(spec, idx, out, N, sr)
+            elif out.is_complex():
+                spec[idx] = out
+            else:  # a time signal: its spectrum, to be normalized and filtered like the others
+                spec[idx] = torch.fft.rfft(out, n=N)
+        power = torch.linalg.vector_norm(spec, dim=1).square() * 2 - spec[:, 0].abs().square()
+        if N % 2 == 0:
+            power = power - spec[:, -1].abs().square()  # one-sided: all bins but DC, Nyquist count twice
+        spec.mul_((N / power.clamp_min(1e-30).sqrt())[:, None])  # Parseval: RMS 1 over the clip
+        rows = (~torch.isnan(f["cutoff"])).nonzero()[:, 0]
+        if len(rows):
+            spec[rows] = spec[rows] * butterworth2_response(f["cutoff"][rows], N, sr)
+        torch.fft.irfft(spec, n=N, out=x)
+
     def _apply_events(self, x: torch.Tensor, f: dict[str, torch.Tensor]) -> torch.Tensor:
         """Multiply the sources (n, N) by the sum of their events' ADSR envelopes, in place, and
         record every event's level, measured on the rendered event, relative to the loudest.
@@ -337,7 +360,7 @@ class World:
         hop, steps = self.hop, self.control_steps
         env = self._envelopes(f, steps)  # (n, E, steps + 1)
         padded = F.pad(x, (0, steps * hop - N)) if steps * hop > N else x[:, : steps * hop]
-        step_energy = padded.reshape(n, steps, hop).square().sum(-1).double()  # (n, steps)
+        step_energy = torch.linalg.vector_norm(padded.reshape(n, steps, hop), dim=-1).double().square()
         a, b = env[..., :-1], env[..., 1:]
         energy = ((a * a + a * b + b * b) / 3 * step_energy[:, None, :]).sum(-1)
         level = 10 * torch.log10(energy.clamp_min(1e-30) / (f["event_duration"].double() * self.config.sample_rate))
@@ -420,25 +443,6 @@ def _peak(x: torch.Tensor) -> torch.Tensor:
 def _power(x: torch.Tensor) -> torch.Tensor:
     """Mean square of each row."""
     return torch.linalg.vector_norm(x, dim=1).square() / x.shape[1]
-
-
-def _filtered_unit_rms(signal: torch.Tensor, cutoff: torch.Tensor, num_samples: int, sample_rate: int) -> torch.Tensor:
-    """A source's output (time signal with RMS 1, or one-sided spectrum) -> time signal, low-passed
-    where ``cutoff`` is not NaN.  Sources are periodic over the clip, so filtering by the FFT of
-    the clip itself is exact."""
-    rows = (~torch.isnan(cutoff)).nonzero()[:, 0]
-    if not signal.is_complex():
-        if len(rows) == 0:
-            return signal
-        spec = torch.fft.rfft(signal, n=num_samples)
-    else:
-        power = torch.linalg.vector_norm(signal, dim=1).square() * 2 - signal[:, 0].abs().square()
-        if num_samples % 2 == 0:
-            power = power - signal[:, -1].abs().square()  # one-sided: all bins but DC, Nyquist count twice
-        spec = signal * (num_samples / power.clamp_min(1e-30).sqrt())[:, None]  # Parseval: RMS 1
-    if len(rows):
-        spec[rows] = spec[rows] * butterworth2_response(cutoff[rows], num_samples, sample_rate)
-    return torch.fft.irfft(spec, n=num_samples)
 
 
 def butterworth2_response(cutoff: torch.Tensor, n_fft: int, sample_rate: int) -> torch.Tensor:
