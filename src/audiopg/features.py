@@ -49,6 +49,7 @@ __all__ = [
 
 EPS = float(torch.finfo(torch.float32).eps)  # 1.1920928955078125e-07, Kaldi's log floor
 LOG_FLOOR = math.log(EPS)  # value of an empty (or silent) mel bank
+CPU_CHUNK = 8  # clips per step on a CPU
 
 
 def _check_int(key: str, value: Any, low: int) -> None:
@@ -239,6 +240,14 @@ class Fbank(torch.nn.Module):
         self._check_input(waveform)
         squeeze = waveform.dim() == 1
         x = waveform.unsqueeze(0) if squeeze else waveform
+        if x.device.type == "cpu" and x.shape[0] > CPU_CHUNK:
+            # on a CPU, a few clips at a time keep the frame tensors in cache (several times faster)
+            out = torch.cat([self._log_mel(x[i:i + CPU_CHUNK]) for i in range(0, x.shape[0], CPU_CHUNK)])
+        else:
+            out = self._log_mel(x)
+        return out.squeeze(0) if squeeze else out
+
+    def _log_mel(self, x: torch.Tensor) -> torch.Tensor:
         device = x.device
         with torch.autocast(device_type=device.type, enabled=False):
             x = x.to(torch.float32)
@@ -253,8 +262,7 @@ class Fbank(torch.nn.Module):
             spectrum = torch.fft.rfft(frames * window, n=self.config.fft_size)
             power = spectrum.real.square() + spectrum.imag.square()  # (B, F, fft/2 + 1)
             out = torch.matmul(power, mel).clamp_min(EPS).log()  # (B, F, M)
-            out = self._fit_frames(out)
-        return out.squeeze(0) if squeeze else out
+            return self._fit_frames(out)
 
     def _fit_frames(self, out: torch.Tensor) -> torch.Tensor:
         target = self.config.target_frames

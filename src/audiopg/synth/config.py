@@ -1,7 +1,8 @@
 """Configuration of the procedural world: every range and probability in one frozen dataclass.
 
 ``WorldConfig`` nests one small dataclass per stage (events, transients, low-pass,
-background) and a mapping ``sources`` from a registered source name to that
+background, and the scene, room and distance stages, which are off unless a preset
+switches them on) and a mapping ``sources`` from a registered source name to that
 source's own config dataclass (see :mod:`audiopg.synth.sources`).  Presets are
 YAML files in ``presets/``; ``load_world_config`` accepts a preset name or a
 path to a YAML/JSON file, plus ``key.sub=value`` overrides.
@@ -88,6 +89,51 @@ class BackgroundConfig:
 
 
 @dataclass(frozen=True)
+class SceneConfig:
+    sources_per_clip: tuple[int, int] = (1, 1)  # sources per clip, uniform integer; (1, 1): one, nothing drawn
+    level_db: tuple[float, float] = (-12.0, 0.0)  # level of every further source relative to the main source (dB)
+    onset: tuple[float, float] = (0.0, 0.5)  # start of further sources, fraction of the clip (capped: one event fits)
+
+    def __post_init__(self):
+        check_interval("scene.sources_per_clip", self.sources_per_clip, 1, 8)
+        if any(int(c) != c for c in self.sources_per_clip):
+            raise ConfigError("scene.sources_per_clip", f"expected whole numbers, got {self.sources_per_clip}")
+        check_interval("scene.level_db", self.level_db, -120.0, 40.0)
+        check_interval("scene.onset", self.onset, 0.0, 1.0)
+
+    @property
+    def slots(self) -> int:
+        """Source slots of every clip (the most sources a clip can hold)."""
+        return int(self.sources_per_clip[1])
+
+
+@dataclass(frozen=True)
+class RoomConfig:
+    enabled: bool = False  # reverberate clips in a synthetic room
+    probability: float = 1.0  # chance that a clip is in the room (else it stays dry)
+    rt60: tuple[float, float] = (0.2, 1.5)  # reverberation time in s (60 dB decay), log-uniform
+    critical_distance: tuple[float, float] = (0.5, 3.0)  # m: direct = reverberant level there, log-uniform
+
+    def __post_init__(self):
+        check_probability("room.probability", self.probability)
+        check_interval("room.rt60", self.rt60, 0.01, 20.0)
+        check_interval("room.critical_distance", self.critical_distance, 0.01, 1000.0)
+
+
+@dataclass(frozen=True)
+class DistanceConfig:
+    enabled: bool = False  # place every source at a distance from the microphone
+    distance: tuple[float, float] = (1.0, 10.0)  # m, log-uniform, one per source
+    reference: float = 1.0  # m: the distance at which a source has its own level (amplitude ~ reference / distance)
+    absorption_db: float = 0.1  # air absorption at 8 kHz in dB per m; it grows with frequency squared
+
+    def __post_init__(self):
+        check_interval("distance.distance", self.distance, 0.01, 10000.0)
+        check_range("distance.reference", self.reference, 0.01, 10000.0)
+        check_range("distance.absorption_db", self.absorption_db, 0.0, 100.0)
+
+
+@dataclass(frozen=True)
 class WorldConfig:
     sample_rate: int = 16000  # Hz
     seconds: float = 10.24  # clip length
@@ -96,6 +142,9 @@ class WorldConfig:
     transient: TransientConfig = TransientConfig()  # onset noise bursts
     lowpass: LowpassConfig = LowpassConfig()  # spectral damping
     background: BackgroundConfig = BackgroundConfig()  # background noise
+    scene: SceneConfig = SceneConfig()  # several sources per clip (off: one source)
+    room: RoomConfig = RoomConfig()  # reverberation (off)
+    distance: DistanceConfig = DistanceConfig()  # source distance: level drop and air absorption (off)
     signal_peak_db: tuple[float, float] = (0.0, 0.0)  # peak of the clip before background noise, dBFS
     peak_normalize: bool = True  # scale every finished clip to a peak of 1
 
@@ -172,6 +221,9 @@ class _WorldFields:
     transient: TransientConfig = TransientConfig()
     lowpass: LowpassConfig = LowpassConfig()
     background: BackgroundConfig = BackgroundConfig()
+    scene: SceneConfig = SceneConfig()
+    room: RoomConfig = RoomConfig()
+    distance: DistanceConfig = DistanceConfig()
     signal_peak_db: tuple[float, float] = (0.0, 0.0)
     peak_normalize: bool = True
 

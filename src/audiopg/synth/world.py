@@ -18,8 +18,33 @@ and device give the same clips.  A clip is made in this order:
    before the envelope rather than the enveloped mix differs only where an
    envelope changes within the filter's impulse response (about 1 ms at the
    lowest cutoff), while attacks take 5 ms or more;
-5. scaling to the signal peak (0 dBFS by default), white background noise, and
+5. optionally (all off in ``paper``; see ``_compose``): further sources of a
+   scene, each made by steps 1-4 on its own and mixed in at its relative level;
+   every source at its own distance (level ~ 1 / distance, air absorption as a
+   low-pass that deepens with distance); a synthetic room (an exponentially
+   decaying noise impulse response of a drawn RT60) that reverberates the mix;
+6. scaling to the signal peak (0 dBFS by default), white background noise, and
    peak normalization.
+
+Scenes.  With ``scene.sources_per_clip = [1, S]`` (S > 1) every clip has S source
+slots, of which the first ``scene_count`` sound.  Slot 0 is the *main source*: its
+factors keep the 1-D / per-event layout of a one-source world (``source``, ``f0``,
+``event_onset`` (n, E), ...).  Every per-source factor ``k`` (the source type, its
+own factors, its events and transients, its ``distance``) is also given for all
+slots as ``scene_k`` of shape (n, S, ...), whose slot 0 equals ``k``; slots at or
+beyond ``scene_count`` hold the fill values (NaN, -1, 0 events).  A further slot
+``s`` starts at ``scene_start[:, s]`` (``scene.onset`` times the clip length, at
+most the clip length less ``events.min_seconds``; 0 for the main source): its
+events lie between that time and the clip's end.  ``scene_onset`` is each slot's
+first event onset (when it starts sounding) and ``scene_level_db`` its level, the
+RMS of its loudest event relative to the main source's loudest event (0 dB),
+measured on the rendered sources (exact), before distance and room.  Fixing
+``scene_k`` sets factor ``k`` of every slot (its value broadcast to (n, S, ...));
+fixing ``k`` sets the main source's, after that.  Derived factors (``scene_onset``,
+``drr_db``) are made after fixed factors are set.  With one slot (``paper``) no
+scene factor exists and nothing extra is drawn; the room and distance factors
+(``rt60``, ``critical_distance``, ``drr_db``; ``distance``) exist only where those
+stages are switched on.
 
 Relative intensity factors are exact by construction: every source has an RMS
 of 1, so event ``e`` has RMS ``10 ** (event_level_db / 20)`` before the low-pass
@@ -36,10 +61,13 @@ import torch
 import torch.nn.functional as F
 
 from audiopg.synth.config import WorldConfig
+from audiopg.synth.room import air_absorption_response, fft_size, room_impulse_response
 from audiopg.synth.sources import SOURCES, Partials, place_partials
 
 CONTROL_RATE_HZ = 1000  # envelope control points per second (1 ms grid)
+CPU_CHUNK = 8  # clips rendered at a time on a CPU
 LOWPASS_PAD = 4096  # zero padding before FFT filtering: the filter's tail dies out well within it
+AIR_PAD = 256  # zero padding for the air absorption's (zero-phase, sub-millisecond) impulse response
 
 
 class Randomness:
@@ -100,6 +128,8 @@ class ClipBatch:
         categories = {k: v for s in SOURCES.values() for k, v in s.categories.items()}
         cols = {k: v.detach().cpu().tolist() for k, v in self.factors.items()}
         out = []
+        categories.update({f"scene_{k}": v for k, v in categories.items()})
+        categories["scene_source"] = names
         for i in range(len(self)):
             rec: dict[str, Any] = {"source": names[int(cols["source"][i])]}
             for key, col in cols.items():
@@ -107,7 +137,15 @@ class ClipBatch:
                 if key == "source":
                     continue
                 if isinstance(v, list):
-                    if key.startswith(("event_", "transient")):
+                    if key.startswith("scene_"):  # (slots, ...): the clip's sources, each trimmed like the main one's
+                        v = v[: int(cols["scene_count"][i])]
+                        if not (v and isinstance(v[0], list)):
+                            pass
+                        elif key.startswith(("scene_event_", "scene_transient")):
+                            v = [x[: int(c)] for x, c in zip(v, cols["scene_event_count"][i])]
+                        elif key.startswith("scene_partial_") and "scene_partials" in cols:
+                            v = [x[: max(int(c), 0)] for x, c in zip(v, cols["scene_partials"][i])]
+                    elif key.startswith(("event_", "transient")):
                         v = v[: int(cols["event_count"][i])]
                     elif key.startswith("partial_"):
                         v = v[: max(int(cols["partials"][i]), 0)]
@@ -152,6 +190,8 @@ class World:
         self.num_samples = config.num_samples
         self.hop = max(1, round(config.sample_rate / CONTROL_RATE_HZ))  # samples per envelope control step
         self.control_steps = math.ceil((self.num_samples - 1) / self.hop)
+        self.slots = config.scene.slots  # source slots per clip (1: no scene)
+        self.composed = self.slots > 1 or config.room.enabled or config.distance.enabled
 
     # ------------------------------------------------------------------ public API
     def generator(self, seed: int) -> torch.Generator:
@@ -170,7 +210,13 @@ class World:
             raise ValueError(f"generator is on {generator.device}, the world on {self.device}")
         rng = Randomness(generator, shared=shared)
         factors = self.sample_factors(n, rng, fixed or {})
-        audio = self.render(factors, rng)
+        chunk = CPU_CHUNK if self.device.type == "cpu" else n
+        if n <= chunk:
+            audio = self.render(factors, rng)
+        else:  # on a CPU, a few clips at a time keep the working set in cache (several times faster)
+            parts = [{k: v[i:i + chunk] for k, v in factors.items()} for i in range(0, n, chunk)]
+            audio = torch.cat([self.render(part, rng) for part in parts])
+            factors = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
         return ClipBatch(audio=audio, factors=factors, config=self.config)
 
     def sweep(self, factor: str, values, seed: int = 0, fixed: Mapping[str, Any] | None = None) -> ClipBatch:
@@ -180,10 +226,53 @@ class World:
 
     # ------------------------------------------------------------------ factors
     def sample_factors(self, n: int, rng: Randomness, fixed: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """The main source (its type, factors and events), the clip's post-processing, then (only where
+        switched on) the scene's further sources, the room and the distances, in this order of draws."""
         cfg = self.config
+        f = self._sample_slot(n, rng, fixed, 0)
+        slot_keys = list(f)  # per-source factors: every slot of a scene has its own
+        f.update(self._sample_post(n, rng))
+        slots = [f]
+        if self.slots > 1:
+            f.update(self._sample_scene(n, rng))
+            self._override(f, fixed, "scene_start", n)  # before the slots' events, which follow it
+            for s in range(1, self.slots):
+                slots.append(self._sample_slot(n, rng, fixed, s, start=f["scene_start"][:, s]))
+        if cfg.room.enabled:
+            f.update(self._sample_room(n, rng))
+        if cfg.distance.enabled:
+            d = cfg.distance.distance
+            dist = rng.uniform((n, self.slots), math.log(d[0]), math.log(d[1])).exp()
+            for s, fs in enumerate(slots):
+                fs["distance"] = dist[:, s]
+            slot_keys.append("distance")
+        per_slot = {f"scene_{k}" for k in slot_keys} if self.slots > 1 else set()
+        for key in fixed:  # every slot's factor first, then the main source's and the clip's
+            if key in per_slot and key != "scene_source":
+                for s, fs in enumerate(slots):
+                    self._override_slot(fs, fixed, key, s, n)
+        for key in fixed:
+            if key != "source" and key not in per_slot:
+                self._override(f, fixed, key, n)
+        for fs in slots:
+            self._derive_events(fs)
+        if self.slots > 1:
+            self._gather_scene(f, slots, slot_keys)
+        if cfg.room.enabled:
+            where = f["distance"] if cfg.distance.enabled else torch.full_like(f["rt60"], cfg.distance.reference)
+            drr = 20 * torch.log10(f["critical_distance"] / where)
+            f["drr_db"] = torch.where(torch.isnan(f["rt60"]), torch.full_like(drr, math.nan), drr)  # NaN: no room
+        return f
+
+    def _sample_slot(self, n: int, rng: Randomness, fixed: Mapping[str, Any], slot: int,
+                     start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One source of every clip: its type, its own factors and its events (from ``start`` on)."""
         f: dict[str, torch.Tensor] = {}
         f["source"] = rng.categorical(n, self.source_weights)
-        self._override(f, fixed, "source", n)
+        if self.slots > 1 and "scene_source" in fixed:
+            self._override_slot(f, fixed, "scene_source", slot, n)
+        if slot == 0:
+            self._override(f, fixed, "source", n)
         for name, source, scfg in self.sources:
             drawn = source.sample(scfg, n, rng)
             mine = f["source"] == self.source_codes[name]
@@ -195,22 +284,69 @@ class World:
                     raise ValueError(f"source {name!r} gives factor {key!r} another shape than an earlier source")
                 m = mine.view(-1, *([1] * (value.dim() - 1)))
                 f[key] = torch.where(m, value, f[key])
-        f.update(self._sample_events(n, rng))
-        f.update(self._sample_post(n, rng))
-        for key in fixed:
-            if key != "source":
-                self._override(f, fixed, key, n)
-        self._derive_events(f)
+        f.update(self._sample_events(n, rng, start))
         return f
 
-    def _sample_events(self, n: int, rng: Randomness) -> dict[str, torch.Tensor]:
+    def _sample_scene(self, n: int, rng: Randomness) -> dict[str, torch.Tensor]:
+        sc, S = self.config.scene, self.slots
+        count = rng.integers(n, *sc.sources_per_clip)
+        latest = self.config.seconds - self.config.events.min_seconds  # room for one event after the start
+        start = (rng.uniform((n, S), *sc.onset) * self.config.seconds).clamp_max(latest)
+        level = rng.uniform((n, S), *sc.level_db)
+        main = torch.arange(S, device=self.device) == 0  # the main source: from the start, the 0 dB reference
+        return {"scene_count": count, "scene_start": torch.where(main, 0.0, start),
+                "scene_level_db": torch.where(main, 0.0, level)}
+
+    def _sample_room(self, n: int, rng: Randomness) -> dict[str, torch.Tensor]:
+        rm = self.config.room
+        apply = rng.uniform(n) < rm.probability
+        rt60 = rng.uniform(n, math.log(rm.rt60[0]), math.log(rm.rt60[1])).exp()
+        distance = rng.uniform(n, math.log(rm.critical_distance[0]), math.log(rm.critical_distance[1])).exp()
+        nan = torch.full_like(rt60, math.nan)
+        return {"rt60": torch.where(apply, rt60, nan), "critical_distance": torch.where(apply, distance, nan)}
+
+    def _gather_scene(self, f: dict[str, torch.Tensor], slots: list[dict[str, torch.Tensor]],
+                      slot_keys: list[str]) -> None:
+        """``scene_k`` (n, S, ...) from every slot's factor ``k``; silent slots get fill values."""
+        S = self.slots
+        count = f["scene_count"]
+        fills = {k: v for s in SOURCES.values() for k, v in s.factor_fill.items()}
+        for key in slot_keys:
+            parts = []
+            for s, fs in enumerate(slots):
+                v = fs[key]
+                if v.dtype == torch.bool:
+                    fill = False
+                elif key == "event_count":
+                    fill = 0
+                else:
+                    fill = fills.get(key, -1 if not v.dtype.is_floating_point else math.nan)
+                off = (count <= s).view(-1, *([1] * (v.dim() - 1)))
+                parts.append(torch.where(off, torch.full_like(v, fill), v))
+            f[f"scene_{key}"] = torch.stack(parts, 1)
+        slot = torch.arange(S, device=self.device)[None, :]
+        active = slot < count[:, None]
+        nan = torch.full(active.shape, math.nan, device=self.device)
+        main = slot == 0  # the main source starts the clip and is the level reference, even where fixed otherwise
+        f["scene_start"] = torch.where(active, torch.where(main, 0.0, f["scene_start"]), nan)
+        f["scene_level_db"] = torch.where(active, torch.where(main, 0.0, f["scene_level_db"]), nan)
+        first = f["scene_event_onset"].nan_to_num(math.inf).amin(-1)
+        f["scene_onset"] = torch.where(active, first, nan)
+
+    def _sample_events(self, n: int, rng: Randomness, start: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         ev, tr = self.config.events, self.config.transient
         E = int(ev.count[1])
         length = self.config.seconds
         count = rng.integers(n, *ev.count)
-        longest = torch.clamp(length / count.float(), min=ev.min_seconds, max=length)[:, None]
-        duration = ev.min_seconds + (longest - ev.min_seconds) * rng.uniform((n, E))
-        onset = (length - duration) * rng.uniform((n, E))
+        if start is None:
+            longest = torch.clamp(length / count.float(), min=ev.min_seconds, max=length)[:, None]
+            duration = ev.min_seconds + (longest - ev.min_seconds) * rng.uniform((n, E))
+            onset = (length - duration) * rng.uniform((n, E))
+        else:  # a later source of a scene: its events lie between ``start`` and the clip's end
+            window = (length - start)[:, None]
+            longest = torch.minimum((window / count.float()[:, None]).clamp_min(ev.min_seconds), window)
+            duration = ev.min_seconds + (longest - ev.min_seconds) * rng.uniform((n, E))
+            onset = start[:, None] + (window - duration) * rng.uniform((n, E))
         out = {
             "event_count": count,
             "event_onset": onset,
@@ -261,7 +397,28 @@ class World:
             if bad.any():
                 raise ValueError(f"fixed source {fixed[key]!r} is switched off in this world")
 
+    def _override_slot(self, f: dict, fixed: Mapping[str, Any], key: str, slot: int, n: int) -> None:
+        """Set factor ``key[6:]`` of one slot from a fixed ``scene_*`` value broadcast to (n, S, ...)."""
+        own = key[len("scene_"):]
+        ref = f[own]
+        value = fixed[key]
+        if isinstance(value, str):
+            value = self._category_code(key, value)
+        value = torch.as_tensor(value, device=self.device)
+        try:
+            value = torch.broadcast_to(value.to(ref.dtype), (n, self.slots, *ref.shape[1:]))
+        except RuntimeError:
+            raise ValueError(f"fixed factor {key!r}: shape {tuple(value.shape)} does not fit "
+                             f"{(n, self.slots, *ref.shape[1:])}") from None
+        f[own] = value[:, slot].clone()
+        if own == "source":
+            codes = torch.tensor([self.source_codes[s] for s, _, _ in self.sources], device=self.device)
+            if not torch.isin(f[own], codes).all():
+                raise ValueError(f"fixed {key} {fixed[key]!r} holds a source that is switched off in this world")
+
     def _category_code(self, key: str, name: str) -> int:
+        if key.startswith("scene_"):
+            key = key[len("scene_"):]
         if key == "source":
             if name not in self.source_codes:
                 raise ValueError(f"unknown source {name!r} (world has: {', '.join(self.source_codes)})")
@@ -306,6 +463,8 @@ class World:
         self._render_sources(x, f, rng)
         event_rms = self._apply_events(x, f)
         self._add_transients(x, f, event_rms, rng)
+        if self.composed:
+            x = self._compose(x, f, event_rms, rng)
         x.mul_(10 ** (f["signal_peak_db"][:, None] / 20) / _peak(x))
         signal_power = _power(x)
         if cfg.background.enabled:
@@ -318,6 +477,69 @@ class World:
             x.div_(_peak(x))
         f["rms_db"] = 10 * torch.log10(_power(x).clamp_min(1e-30))
         return x
+
+    def _compose(self, x: torch.Tensor, f: dict[str, torch.Tensor], event_rms: torch.Tensor,
+                 rng: Randomness) -> torch.Tensor:
+        """The scene's further sources, distances and room on top of the main source ``x`` (n, N).
+
+        Every further slot is rendered like the main source (source, events, transients, low-pass of
+        the clip), for the clips where it sounds, and scaled so that its loudest event is
+        ``scene_level_db`` relative to the main source's.  Each source then reaches the microphone
+        directly, with amplitude ``reference / distance`` and air absorption (a zero-phase low-pass,
+        -``absorption_db * distance * (f / 8 kHz)^2`` dB), while the room adds a diffuse reverberant
+        field: the emitted sources' sum convolved with a unit-energy impulse response, at amplitude
+        ``reference / critical_distance`` whatever the distance (Sabine's diffuse field), so that the
+        direct-to-reverberant ratio is ``drr_db = 20 log10(critical_distance / distance)``.  Both
+        paths are one linear convolution each (zero-padded FFTs); the tail past the clip is cut.
+        """
+        cfg = self.config
+        n, N, sr = x.shape[0], x.shape[1], cfg.sample_rate
+        parts = [(torch.arange(n, device=self.device), 0, x, torch.ones(n, device=self.device))]
+        if self.slots > 1:
+            slot_keys = [k for k in f if f"scene_{k}" in f]
+            f["scene_event_level_db"][:, 0] = f["event_level_db"]
+            loudest = event_rms.amax(1)
+            for s in range(1, self.slots):
+                idx = (f["scene_count"] > s).nonzero()[:, 0]
+                if len(idx) == 0:
+                    continue
+                fs = {k: v[idx] for k, v in f.items() if not k.startswith("scene_")}
+                fs.update({k: f[f"scene_{k}"][idx, s] for k in slot_keys})
+                xs = torch.empty(len(idx), N, device=self.device)
+                self._render_sources(xs, fs, rng)
+                rms = self._apply_events(xs, fs)
+                self._add_transients(xs, fs, rms, rng)
+                f["scene_event_level_db"][idx, s] = fs["event_level_db"]
+                gain = 10 ** (f["scene_level_db"][idx, s] / 20) * loudest[idx] / rms.amax(1).clamp_min(1e-12)
+                parts.append((idx, s, xs, gain))
+        if not (cfg.room.enabled or cfg.distance.enabled):
+            for idx, _, xs, gain in parts[1:]:
+                x.index_add_(0, idx, xs * gain[:, None])
+            return x
+        rows = torch.cat([p[0] for p in parts])
+        slot = torch.cat([torch.full_like(p[0], p[1]) for p in parts])
+        sig = torch.cat([p[2] * p[3][:, None] for p in parts])  # every sounding source, emitted (R, N)
+        length = 0
+        if cfg.room.enabled:
+            longest = max(cfg.room.rt60[1], float(f["rt60"].nan_to_num(0.0).max()))
+            length = int(math.ceil(longest * sr))  # the impulse response down by 60 dB
+        M = fft_size(N + max(length, AIR_PAD))
+        spec = torch.fft.rfft(sig, n=M)
+        out = torch.zeros(n, M // 2 + 1, dtype=spec.dtype, device=self.device)
+        if cfg.distance.enabled:
+            dist = f["scene_distance"][rows, slot] if self.slots > 1 else f["distance"][rows]
+            h = air_absorption_response(dist, M, sr, cfg.distance.absorption_db)
+            out.index_add_(0, rows, spec * (h * (cfg.distance.reference / dist)[:, None]))
+        else:
+            out.index_add_(0, rows, spec)
+        if cfg.room.enabled:
+            ir = room_impulse_response(f["rt60"], length, sr, rng)  # (n, length), zero without a room
+            room = (~torch.isnan(f["rt60"])).nonzero()[:, 0]
+            if len(room):
+                emitted = torch.zeros_like(out).index_add_(0, rows, spec)[room]
+                gain = cfg.distance.reference / f["critical_distance"][room]
+                out[room] += emitted * torch.fft.rfft(ir[room], n=M) * gain[:, None]
+        return torch.fft.irfft(out, n=M)[:, :N].contiguous()
 
     def _render_sources(self, x: torch.Tensor, f: dict[str, torch.Tensor], rng: Randomness) -> None:
         """Each clip's source, RMS 1, low-passed where it has a cutoff, into ``x`` (n, N).

@@ -1,0 +1,153 @@
+"""Plucked and bowed strings: the Karplus-Strong loop, rendered exactly in the clip's DFT.
+
+The extended Karplus-Strong string (Jaffe and Smith) is a feedback loop of a delay
+of ``D`` samples, a loop gain ``rho`` and the two-tap low-pass
+``H(z) = (1 - S) + S z^-1`` (``S = 1/2`` is the classic average of two samples):
+
+    y = x + rho H(z) z^-D y,   i.e.   Y(w) = X(w) / (1 - rho H(e^jw) e^-jwD),
+
+driven through the pluck-position comb ``1 - z^-(beta fs / f0)`` (a string plucked or
+bowed at ``beta`` of its length from the bridge lacks the harmonics with a node there;
+``fs / f0`` is the loop's whole delay, ``D`` plus the low-pass's phase delay).
+Instead of running the recursion sample by sample, the transfer function is
+evaluated at the clip's DFT bins, which is exact for the loop with an ideal
+(band-limited) fractional delay: the result is the clip-periodic wrap of the
+loop's response, like every source of the world.
+
+Factors:
+
+* ``f0``: the fundamental.  ``D = fs / f0 - tau(w1)``, where ``tau`` is the phase delay
+  of ``H`` at the fundamental, puts the lowest loop resonance exactly at ``f0``;
+  for ``S != 1/2`` the upper partials are slightly inharmonic, as in the real loop.
+* ``decay``: T60 of the fundamental in s.  ``rho`` is set so that the loop's pole at
+  the fundamental has radius ``10^(-3 / (decay fs))`` (|p|^D = rho |H(p)|); partial
+  ``k`` loses the loop gain ``g_k = rho |H(e^jw_k)|`` per period ``1 / f0``, so
+  ``T60_k = -ln(1000) / (f0 ln g_k)`` (:func:`partial_t60`; first order in the pole
+  radius, within 0.1 % of ``decay`` for k = 1): brighter loops keep high partials longer.
+* ``brightness``: ``S = (1 - brightness) / 2``: 0 is the classic averaging loop,
+  towards 1 the loop damps all partials alike.
+* ``pluck_position``: ``beta`` (0.5 is the middle: no even harmonics).
+* ``string_excitation``: ``plucked``: a unit impulse at the peak of every event's
+  attack (the ADSR is a gate around a pluck, like the modal source's strikes);
+  ``bowed``: a band-limited sawtooth at ``f0`` (the Helmholtz motion; the bow
+  locks the string to exact harmonics) plus bow noise 30 dB below it, both through
+  the comb and the loop: a sustained tone whose ADSR is the bow pressure.
+  Bowed strings are periodic over the clip (``f0`` on the clip's FFT grid).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from audiopg.config import ConfigError, check_interval, check_range
+from audiopg.synth.modal import DB60, log_uniform, strike_train
+from audiopg.synth.sources import Source, _check_common, _check_f0, quantize_frequency, register_source
+
+STRING_EXCITATIONS = ("plucked", "bowed")
+
+
+def loop_filter(brightness: torch.Tensor) -> torch.Tensor:
+    """The second tap S of the loop low-pass (1 - S) + S z^-1."""
+    return 0.5 * (1 - brightness)
+
+
+def loop_parameters(f0: torch.Tensor, decay: torch.Tensor, brightness: torch.Tensor, sample_rate: int):
+    """(D, rho, S) in float64 for fundamentals ``f0``, fundamental T60 ``decay`` and ``brightness``."""
+    f0, decay, S = f0.double(), decay.double(), loop_filter(brightness).double()
+    w1 = 2 * math.pi * f0 / sample_rate
+    tau = torch.atan2(S * torch.sin(w1), 1 - S + S * torch.cos(w1)) / w1  # phase delay of H at w1
+    D = sample_rate / f0 - tau
+    r = torch.exp(-DB60 / (decay * sample_rate))  # the fundamental's pole radius per sample
+    h = torch.abs((1 - S) + S / r * torch.exp(-1j * w1))  # |H(p)| at the pole p = r e^(j w1)
+    rho = r.pow(D) / h
+    return D, rho, S
+
+
+def partial_t60(f0: torch.Tensor, decay: torch.Tensor, brightness: torch.Tensor, k: torch.Tensor,
+                sample_rate: int) -> torch.Tensor:
+    """First-order T60 (s) of partial ``k`` (broadcast): the loop gain rho |H(w_k)| per period 1 / f0."""
+    _, rho, S = loop_parameters(f0, decay, brightness, sample_rate)
+    w = 2 * math.pi * k * f0.double()[..., None] / sample_rate
+    g = rho[..., None] * torch.sqrt((1 - S[..., None]) ** 2 + S[..., None] ** 2
+                                    + 2 * S[..., None] * (1 - S[..., None]) * torch.cos(w))
+    return (-DB60 / (f0.double()[..., None] * torch.log(g))).float()
+
+
+@dataclass(frozen=True)
+class StringConfig:
+    enabled: bool = True  # let clips use this source
+    weight: float = 1.0  # relative chance among enabled sources
+    f0: tuple[float, float] = (55.0, 1000.0)  # fundamental in Hz, log-uniform
+    decay: tuple[float, float] = (0.3, 4.0)  # T60 of the fundamental in s, log-uniform
+    brightness: tuple[float, float] = (0.0, 0.9)  # loop low-pass: 0 classic average, 1 none
+    pluck_position: tuple[float, float] = (0.05, 0.5)  # fraction of the length from the bridge
+    excitations: tuple[str, ...] = STRING_EXCITATIONS  # plucked or bowed
+    bow_noise_db: float = -30.0  # bow noise power relative to the bowed sawtooth's
+
+
+@register_source
+class KarplusStrong(Source):
+    name = "string"
+    config_cls = StringConfig
+    factor_fill = {"f0": math.nan, "decay": math.nan, "brightness": math.nan, "pluck_position": math.nan,
+                   "string_excitation": -1}
+    categories = {"string_excitation": STRING_EXCITATIONS}
+
+    def check(self, cfg, world, key):
+        _check_common(key, cfg)
+        _check_f0(key, cfg.f0, world)
+        if cfg.f0[1] >= 0.25 * world.sample_rate:
+            raise ConfigError(f"{key}.f0", f"max {cfg.f0[1]} Hz must be below a quarter of the sample rate "
+                              "(a loop of at least 4 samples)")
+        check_interval(f"{key}.decay", cfg.decay, 1e-3, 60.0)
+        check_interval(f"{key}.brightness", cfg.brightness, 0.0, 1.0)
+        check_interval(f"{key}.pluck_position", cfg.pluck_position, 0.01, 0.99)
+        if not cfg.excitations:
+            raise ConfigError(f"{key}.excitations", "needs at least one entry")
+        for e in cfg.excitations:
+            if e not in STRING_EXCITATIONS:
+                raise ConfigError(f"{key}.excitations",
+                                  f"unknown excitation {e!r} (known: {', '.join(STRING_EXCITATIONS)})")
+        check_range(f"{key}.bow_noise_db", cfg.bow_noise_db, -200.0, 40.0)
+
+    def sample(self, cfg, n, rng):
+        allowed = torch.tensor([STRING_EXCITATIONS.index(e) for e in cfg.excitations], device=rng.device)
+        return {
+            "f0": log_uniform(rng, n, *cfg.f0),
+            "decay": log_uniform(rng, n, *cfg.decay),
+            "brightness": rng.uniform(n, *cfg.brightness),
+            "pluck_position": rng.uniform(n, *cfg.pluck_position),
+            "string_excitation": allowed[rng.integers(n, 0, len(allowed) - 1)],
+        }
+
+    def render(self, cfg, factors, num_samples, sample_rate, rng):
+        f0 = factors["f0"]
+        m, N, bins = f0.shape[0], num_samples, num_samples // 2 + 1
+        bowed = factors["string_excitation"] == STRING_EXCITATIONS.index("bowed")
+        f0 = torch.where(bowed, quantize_frequency(f0, N, sample_rate), f0)  # bowed: periodic over the clip
+        D, rho, S = loop_parameters(f0, factors["decay"], factors["brightness"], sample_rate)
+        w = 2 * math.pi * torch.arange(bins, device=f0.device, dtype=torch.float64) / N
+        # the loop gain rho H(e^jw) e^-jwD with its phase wrapped in float64, then in complex64
+        h_mag = torch.sqrt((1 - S)[:, None] ** 2 + S[:, None] ** 2 + 2 * (S * (1 - S))[:, None] * torch.cos(w))
+        h_arg = -torch.atan2(S[:, None] * torch.sin(w), (1 - S)[:, None] + S[:, None] * torch.cos(w))
+        phase = torch.remainder(h_arg - w * D[:, None], 2 * math.pi).float()
+        loop = 1 / (1 - torch.polar((rho[:, None] * h_mag).float(), phase))
+        comb_delay = factors["pluck_position"].double() * sample_rate / f0.double()  # beta x the loop's delay
+        comb = 1 - torch.polar(torch.ones(1, device=f0.device),
+                               torch.remainder(-w * comb_delay[:, None], 2 * math.pi).float())
+        # excitations: impulses at the plucks; a sawtooth at f0 plus bow noise
+        pluck = torch.fft.rfft(strike_train(factors, None, N, sample_rate))
+        b0 = torch.round(f0.double() * N / sample_rate)  # the bowed fundamental's bin
+        b = torch.arange(bins, device=f0.device, dtype=torch.float64)
+        k = b / b0[:, None]
+        harmonic = (k == torch.round(k)) & (b > 0)
+        saw_im = torch.where(harmonic, -(N / 2) / k.clamp_min(1.0), torch.zeros_like(k))  # sin(k w0 t) / k
+        saw = torch.complex(torch.zeros_like(saw_im), saw_im).to(torch.complex64)
+        saw_power = ((N / 2) ** 2 * (1 / torch.arange(1, bins, device=f0.device, dtype=torch.float64) ** 2)[None, :]
+                     * (torch.arange(1, bins, device=f0.device)[None, :] <= (bins - 1) / b0[:, None])).sum(1)
+        noise = rng.complex_normal((m, bins))
+        noise = noise * torch.sqrt(10 ** (cfg.bow_noise_db / 10) * saw_power / bins).float()[:, None]
+        drive = torch.where(bowed[:, None], saw + noise, pluck)
+        return drive * comb * loop
