@@ -19,6 +19,10 @@ from audiopg.errors import AudioPGError
 COMMAND_MODULES = [
     "audiopg.synth.cli",
     "audiopg.embed_cli",
+    "audiopg.eval.analyze_cli",
+    "audiopg.train.cli",
+    "audiopg.train.ablate_cli",
+    "audiopg.eval.cli",
 ]
 
 

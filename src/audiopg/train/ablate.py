@@ -1,0 +1,584 @@
+"""World ablation: pre-train one small model per world variant and seed, probe each, tabulate.
+
+A *variant* is a world preset, optionally with source families switched off:
+``paper``, ``rich``, ``rich-no-voice``, ``rich-no-voice+room``...  Every variant
+is pre-trained with the same budget (``minutes`` or ``steps``) and the same seeds
+(0 .. seeds-1), each run in an ordinary pre-training run folder::
+
+    OUT/<variant>/seed<k>/                 config.json, state.pt, encoder.safetensors... (audiopg pretrain)
+    OUT/<variant>/seed<k>/probe/<task>/    results.json, results.md (audiopg probe)
+    OUT/handcrafted/<task>/                the handcrafted baseline, probed once
+    OUT/ablation.json, ablation.md, ablation.png
+
+Each encoder is then probed like ``benchmarks/transfer_cpu.py`` does on the shared
+evaluation data: FSDD's own split (``fsdd-own``), FSDD leave-one-speaker-out
+(``fsdd-loso``) and the ESC-50 part (``esc50``: fold 4 + 14 clips, 5-fold CV grouped
+by source recording).  A task whose data folder is absent is skipped with a note.
+
+Resumable: a run folder holding ``encoder.safetensors`` is reused (after checking
+that its config is the one asked for), one holding only ``state.pt`` is resumed,
+and a probe whose ``results.json`` matches the encoder and the data is reused.
+The summary files are rewritten (atomically) after every probed run, so they
+always show what is done so far.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from audiopg.config import ConfigError, atomic_write_bytes, atomic_write_text
+from audiopg.errors import AudioPGError
+
+__all__ = [
+    "FAMILY_OVERRIDES",
+    "TASKS",
+    "AblationInterrupted",
+    "Variant",
+    "parse_families",
+    "parse_tasks",
+    "parse_variant",
+    "default_variants",
+    "default_data_root",
+    "run_config",
+    "run_ablation",
+]
+
+# Source families of the rich world -> the world overrides (keys of audiopg/synth/presets/rich.yaml) that
+# switch the family off.  "textures" groups the three texture sources; "scene" keeps one source per clip;
+# "room" removes both acoustic stages (reverberation, and distance: level drop and air absorption).
+FAMILY_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "voice": ("sources.voice.enabled=false",),
+    "modal": ("sources.modal.enabled=false",),
+    "string": ("sources.string.enabled=false",),
+    "textures": ("sources.granular.enabled=false", "sources.modulated_noise.enabled=false",
+                 "sources.glide.enabled=false"),
+    "scene": ("scene.sources_per_clip=[1, 1]",),
+    "room": ("room.enabled=false", "distance.enabled=false"),
+}
+
+# task name -> (dataset loader, folder below the data root, FSDD protocol); as in benchmarks/transfer_cpu.py
+TASKS: dict[str, tuple[str, str, str | None]] = {
+    "fsdd-own": ("fsdd", "fsdd", "own"),
+    "fsdd-loso": ("fsdd", "fsdd", "loso"),
+    "esc50": ("esc50", "esc50-fold4", None),
+}
+TASK_ALIASES = {"esc50-part": "esc50"}
+
+FORMAT = 1
+SUMMARY_JSON = "ablation.json"
+SUMMARY_MD = "ablation.md"
+SUMMARY_PNG = "ablation.png"
+HANDCRAFTED = "handcrafted"
+PROBE_LAYER = -1
+PROBE_POOL = "mean"
+PROBE_SEED = 0  # the probe's folds and inits stay fixed, so the spread over seeds is the pre-training's
+
+
+class AblationInterrupted(AudioPGError):
+    """A pre-training run was stopped by a signal (its state is saved); rerun the command to continue."""
+
+    def __init__(self, message: str, signal: int | None):
+        super().__init__(message)
+        self.signal = signal
+
+
+# ----------------------------------------------------------------------------- variants
+@dataclass(frozen=True)
+class Variant:
+    """A world preset with some source families switched off."""
+
+    name: str
+    preset: str
+    without: tuple[str, ...] = ()
+
+    def world_overrides(self) -> list[str]:
+        """Overrides of the world config (no ``world.`` prefix), for :func:`load_world_config`."""
+        return [o for fam in self.without for o in FAMILY_OVERRIDES[fam]]
+
+    def pretrain_overrides(self) -> list[str]:
+        """``--set`` overrides of the pre-training config choosing this world."""
+        return [f"world.preset={self.preset}"] + [f"world.{o}" for o in self.world_overrides()]
+
+    def describe(self) -> str:
+        if not self.without:
+            return f"world preset {self.preset}"
+        return f"{self.preset} without {', '.join(self.without)} ({'; '.join(self.world_overrides())})"
+
+
+def parse_families(text: str | Sequence[str] | None) -> tuple[str, ...]:
+    """``"voice,room"`` -> ("voice", "room"); unknown names raise ConfigError."""
+    if text is None:
+        return ()
+    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s and s.strip()]
+    for n in names:
+        if n not in FAMILY_OVERRIDES:
+            raise ConfigError("without", f"unknown family {n!r} (known: {', '.join(FAMILY_OVERRIDES)})")
+    return tuple(dict.fromkeys(names))
+
+
+def parse_variant(name: str, default_preset: str = "rich") -> Variant:
+    """``rich`` / ``paper`` (a preset), ``rich-no-voice``, ``rich-no-voice+room`` or ``no-voice`` (the default preset)."""
+    name = name.strip()
+    if not name:
+        raise ConfigError("variants", "empty variant name")
+    if name.startswith("no-"):
+        name = f"{default_preset}-{name}"
+    preset, sep, rest = name.partition("-no-")
+    if not sep:
+        return Variant(name, name)
+    fams = parse_families(rest.split("+"))
+    if not fams or not preset:
+        raise ConfigError("variants", f"{name!r}: expected PRESET or PRESET-no-FAMILY[+FAMILY...]")
+    return Variant(f"{preset}-no-{'+'.join(fams)}", preset, fams)
+
+
+def default_variants(preset: str = "rich", without: Sequence[str] = tuple(FAMILY_OVERRIDES)) -> list[Variant]:
+    """``paper``, the preset, and the preset without each family in turn."""
+    out = [Variant("paper", "paper"), Variant(preset, preset)] + [
+        Variant(f"{preset}-no-{fam}", preset, (fam,)) for fam in parse_families(list(without))
+    ]
+    return list({v.name: v for v in out}.values())
+
+
+def check_variant(variant: Variant) -> None:
+    """ConfigError unless the preset loads and every removed family changes the world (it was on)."""
+    from audiopg.synth import load_world_config
+
+    try:
+        base = load_world_config(variant.preset)
+    except ConfigError as err:
+        raise ConfigError("variants", f"{variant.name}: {err}") from None
+    for fam in variant.without:
+        try:
+            changed = load_world_config(variant.preset, list(FAMILY_OVERRIDES[fam]))
+        except ConfigError as err:
+            raise ConfigError("variants", f"{variant.name}: {err}") from None
+        if changed.to_dict() == base.to_dict():
+            raise ConfigError("without", f"{variant.name}: {fam!r} is already off in world preset "
+                                         f"{variant.preset!r}; removing it changes nothing")
+
+
+# ----------------------------------------------------------------------------- tasks and data
+def parse_tasks(text: str | Sequence[str] | None) -> list[str]:
+    if text is None:
+        return list(TASKS)
+    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s and s.strip()]
+    out = []
+    for n in names:
+        n = TASK_ALIASES.get(n, n)
+        if n not in TASKS:
+            raise ConfigError("tasks", f"unknown task {n!r} (known: {', '.join(TASKS)})")
+        out.append(n)
+    if not out:
+        raise ConfigError("tasks", "no task given")
+    return list(dict.fromkeys(out))
+
+
+def default_data_root() -> Path:
+    """``$AUDIOPG_DATA``, else ``shared/data`` beside the checkout (``../shared/data`` from its root)."""
+    env = os.environ.get("AUDIOPG_DATA")
+    if env:
+        return Path(env).expanduser()
+    checkout = Path(__file__).resolve().parents[3]
+    if (checkout / "pyproject.toml").exists():
+        return checkout.parent / "shared" / "data"
+    return Path.cwd().parent / "shared" / "data"
+
+
+# ----------------------------------------------------------------------------- pre-training
+def run_config(variant: Variant, seed: int, *, model_preset: str = "tiny", minutes: float | None = None,
+               steps: int | None = None, overrides: Sequence[str] = (), device: str = "auto",
+               progress: bool = True):
+    """The resolved :class:`PretrainConfig` of one run: ``overrides`` (``--set``), then the variant's world,
+    then the flags (model preset, budget, seed, device)."""
+    from audiopg.train.config import build_pretrain_config
+
+    for text in overrides:
+        key = text.split("=", 1)[0].strip()
+        if key in ("world.preset", "world", "seed", "steps", "minutes", "model.preset", "model"):
+            raise ConfigError(key, "is set by the ablation itself (use --variants, --seeds, --steps/--minutes, "
+                                   "--model-preset)")
+    flags = {"preset": model_preset, "steps": steps, "minutes": minutes, "seed": int(seed), "device": device,
+             "progress": progress}
+    return build_pretrain_config(None, list(overrides) + variant.pretrain_overrides(), flags)
+
+
+def _train(config, run_dir: Path, log: Callable[[str], None]) -> dict:
+    """Pre-train (or reuse / resume) one run; returns {status, steps, wall_s}."""
+    from audiopg.train.pretrain import (
+        CONFIG_FILE,
+        ENCODER_FILE,
+        METRICS_FILE,
+        RECON_FILE,
+        STATE_FILE,
+        check_resume_config,
+        load_run_config,
+        pretrain,
+    )
+
+    if (run_dir / ENCODER_FILE).exists():
+        saved, data = load_run_config(run_dir)
+        check_resume_config(saved, config, run_dir)
+        log(f"  finished already: reusing {run_dir / ENCODER_FILE}")
+        return {"status": "reused", "steps": data.get("plan", {}).get("total_steps"), "wall_s": 0.0}
+    t0 = time.time()
+    resumed = (run_dir / STATE_FILE).exists()
+    if resumed:
+        log(f"  unfinished: resuming {run_dir}")
+        result = pretrain(config, run_dir, resume=True, log=log)
+    else:
+        if (run_dir / CONFIG_FILE).exists():  # stopped before its first save: nothing to resume
+            log(f"  {run_dir} stopped before saving any state: starting it again")
+            for name in (CONFIG_FILE, METRICS_FILE, RECON_FILE):
+                (run_dir / name).unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "tb", ignore_errors=True)
+        result = pretrain(config, run_dir, log=log)
+    if result.status == "interrupted":
+        raise AblationInterrupted(f"stopped during {run_dir} (state saved); run the same command again to "
+                                  "continue the ablation", result.signal)
+    return {"status": "resumed" if resumed else "trained", "steps": result.total_steps,
+            "wall_s": round(time.time() - t0, 1)}
+
+
+# ----------------------------------------------------------------------------- probing
+def _same_probe(path: Path, dataset, sha: str | None) -> dict | None:
+    """The saved probe results in ``path`` if they were made with this encoder on this data, else None."""
+    try:
+        res = json.loads((path / "results.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    want = json.loads(json.dumps(dataset.summary()))
+    got = res.get("dataset", {})
+    opts = res.get("options", {})
+    same = (all(got.get(k) == want[k] for k in ("root", "num_items", "protocol"))
+            and opts.get("checkpoint_sha256") == sha and opts.get("seed") == PROBE_SEED
+            and opts.get("layer") == PROBE_LAYER and opts.get("pool") == PROBE_POOL)
+    return res if same else None
+
+
+def _probe(dataset, out: Path, *, checkpoint: Path | None, device: str, batch_size: int, cache_dir,
+           progress: bool, log: Callable[[str], None]) -> tuple[dict, bool]:
+    """Probe the encoder of ``checkpoint`` (None: the handcrafted baseline); returns (model result, reused)."""
+    from audiopg.eval.probe import file_sha256, run_probe
+    from audiopg.model.checkpoint import resolve_encoder_path
+
+    sha = None if checkpoint is None else file_sha256(resolve_encoder_path(checkpoint))
+    name = HANDCRAFTED if checkpoint is None else "pretrained"
+    res = _same_probe(out, dataset, sha)
+    reused = res is not None
+    if res is None:
+        res = run_probe(dataset, out, checkpoint=checkpoint,
+                        baselines=[HANDCRAFTED] if checkpoint is None else [],
+                        pretrained=checkpoint is not None, layer=PROBE_LAYER, pool=PROBE_POOL, device=device,
+                        batch_size=batch_size, seed=PROBE_SEED, cache_dir=cache_dir, progress=progress, log=log)
+    m = res["models"][name]
+    return {"mean": m["mean"], "std": m["std"], "folds": [f["score"] for f in m["folds"]],
+            "metric": m["metric"], "results": str(out / "results.json")}, reused
+
+
+# ----------------------------------------------------------------------------- the whole ablation
+def run_ablation(
+    out_dir: str | os.PathLike,
+    *,
+    variants: Sequence[Variant] | None = None,
+    seeds: int = 2,
+    minutes: float | None = None,
+    steps: int | None = None,
+    data_root: str | os.PathLike | None = None,
+    tasks: Sequence[str] | None = None,
+    model_preset: str = "tiny",
+    overrides: Sequence[str] = (),
+    device: str = "auto",
+    probe_batch_size: int = 32,
+    cache_dir: str | os.PathLike | None | bool = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Pre-train every variant x seed, probe each on every task with data, write the summary; return it.
+
+    ``cache_dir`` is the probe's embedding cache (None: audiopg's default, False: none).
+    Raises :class:`AblationInterrupted` when a run is stopped by a signal.
+    """
+    from audiopg.eval.datasets import load_dataset
+
+    log = log or (lambda msg: print(msg, flush=True))
+    out = Path(out_dir)
+    variants = list(variants) if variants is not None else default_variants()
+    if not variants:
+        raise ConfigError("variants", "no variant to train")
+    if len({v.name for v in variants}) != len(variants):
+        raise ConfigError("variants", "a variant is listed twice")
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise ConfigError("seeds", f"must be a positive integer, got {seeds!r}")
+    if (minutes is None) == (steps is None):
+        raise ConfigError("minutes", "give the budget of every run: minutes or steps (not both)")
+    tasks = parse_tasks(tasks)
+    data_root = Path(data_root).expanduser() if data_root is not None else default_data_root()
+
+    # check everything before the first run: every variant's world and config
+    configs = {}
+    for v in variants:
+        check_variant(v)
+        for k in range(seeds):
+            configs[v.name, k] = run_config(v, k, model_preset=model_preset, minutes=minutes, steps=steps,
+                                            overrides=overrides, device=device, progress=progress)
+
+    # runs already in the folder must have been started with these settings
+    from audiopg.train.pretrain import CONFIG_FILE, ENCODER_FILE, STATE_FILE, check_resume_config, load_run_config
+
+    for (name, k), config in configs.items():
+        run_dir = out / name / f"seed{k}"
+        if (run_dir / CONFIG_FILE).exists() and ((run_dir / ENCODER_FILE).exists() or (run_dir / STATE_FILE).exists()):
+            check_resume_config(load_run_config(run_dir)[0], config, run_dir)
+
+    # the data: load each task's dataset now, skip those whose folder is absent
+    datasets, task_info = {}, {}
+    for t in tasks:
+        loader, sub, protocol = TASKS[t]
+        root = data_root / sub
+        if not root.exists():
+            note = f"no data: {root} not found"
+            log(f"note: {t} skipped ({note})")
+            task_info[t] = {"data": str(root), "skipped": note}
+            continue
+        ds = load_dataset(loader, root, protocol=protocol, seed=PROBE_SEED)
+        datasets[t] = ds
+        task_info[t] = {"data": str(root), "skipped": None, "metric": ds.metric, "num_items": len(ds.items),
+                        "protocol": ds.protocol.description, "notes": list(ds.notes)}
+        log(f"{t}: {len(ds.items)} clips; {ds.protocol.description}")
+
+    n_runs = len(variants) * seeds
+    budget = f"{minutes:g} min" if minutes is not None else f"{steps} steps"
+    log(f"ablation: {len(variants)} variants x {seeds} seed(s) = {n_runs} {model_preset} runs of {budget} each"
+        + (f" (about {n_runs * minutes:g} min of pre-training)" if minutes is not None else "")
+        + f", probed on {', '.join(datasets) or 'no task (no data found)'}; outputs in {out}/")
+
+    summary: dict[str, Any] = {
+        "format": FORMAT,
+        "command": "ablate",
+        "settings": {
+            "variants": {v.name: {"world_preset": v.preset, "without": list(v.without),
+                                  "world_overrides": v.world_overrides(), "description": v.describe()}
+                         for v in variants},
+            "seeds": list(range(seeds)),
+            "minutes": minutes,
+            "steps": steps,
+            "model_preset": model_preset,
+            "overrides": list(overrides),
+            "device": device,
+            "data_root": str(data_root),
+            "tasks": tasks,
+            "probe": {"layer": PROBE_LAYER, "pool": PROBE_POOL, "seed": PROBE_SEED},
+        },
+        "tasks": task_info,
+        "runs": {v.name: {} for v in variants},
+        "handcrafted": {},
+        "results": {},
+        "complete": False,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    t_all = time.time()
+
+    # the handcrafted baseline, once per task
+    for t, ds in datasets.items():
+        log(f"== probe {HANDCRAFTED} on {t}")
+        res, reused = _probe(ds, out / HANDCRAFTED / t, checkpoint=None, device=device, batch_size=probe_batch_size,
+                             cache_dir=cache_dir, progress=progress, log=log)
+        summary["handcrafted"][t] = {**res, "reused": reused}
+        log(f"   {HANDCRAFTED} {t}: {_fmt(res['metric'], res['mean'])}" + (" (reused)" if reused else ""))
+
+    # every run: seed-major, so that a complete set of variants exists after each seed
+    i = 0
+    for k in range(seeds):
+        for v in variants:
+            i += 1
+            run_dir = out / v.name / f"seed{k}"
+            log(f"== run {i}/{n_runs}: {v.name} seed {k} ({v.describe()}) -> {run_dir}")
+            info = _train(configs[v.name, k], run_dir, log)
+            info["run_dir"] = str(run_dir)
+            info["scores"] = {}
+            for t, ds in datasets.items():
+                log(f"== probe {v.name} seed {k} on {t}")
+                res, reused = _probe(ds, run_dir / "probe" / t, checkpoint=run_dir, device=device,
+                                     batch_size=probe_batch_size, cache_dir=cache_dir, progress=progress, log=log)
+                info["scores"][t] = {**res, "reused": reused}
+                log(f"   {v.name} seed {k} {t}: {_fmt(res['metric'], res['mean'])}" + (" (reused)" if reused else ""))
+            summary["runs"][v.name][f"seed{k}"] = info
+            _aggregate(summary, variants, list(datasets))
+            summary["seconds"] = round(time.time() - t_all, 1)
+            write_summary(out, summary)
+    summary["complete"] = True
+    summary["seconds"] = round(time.time() - t_all, 1)
+    _aggregate(summary, variants, list(datasets))
+    write_summary(out, summary)
+    return summary
+
+
+def _aggregate(summary: dict, variants: Sequence[Variant], tasks: Sequence[str]) -> None:
+    """results[variant][task] = mean and std (population) over the seeds done so far."""
+    from audiopg.eval.metrics import mean_std
+
+    results = {}
+    for v in variants:
+        row = {}
+        for t in tasks:
+            scores = [r["scores"][t]["mean"] for _, r in sorted(summary["runs"][v.name].items())
+                      if t in r.get("scores", {})]
+            if scores:
+                m, s = mean_std(scores)
+                row[t] = {"mean": m, "std": s, "n_seeds": len(scores), "seeds": scores}
+        results[v.name] = row
+    summary["results"] = results
+
+
+# ----------------------------------------------------------------------------- outputs
+def _fmt(metric: str | None, value: Any) -> str:
+    from audiopg.eval.report import format_score
+
+    return format_score(metric or "accuracy", value)
+
+
+def _metric_of(summary: dict, task: str) -> str:
+    return summary["tasks"].get(task, {}).get("metric") or "accuracy"
+
+
+def format_table(summary: dict) -> list[str]:
+    """Markdown table: one row per variant (mean ± std over seeds) and the handcrafted row."""
+    tasks = [t for t, info in summary["tasks"].items() if not info.get("skipped")]
+    n_seeds = len(summary["settings"]["seeds"])
+    header = ["variant"] + [f"{t} ({'%' if _metric_of(summary, t) == 'accuracy' else _metric_of(summary, t)})"
+                            for t in tasks]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * len(tasks)]
+    for name, row in summary["results"].items():
+        cells = [name]
+        for t in tasks:
+            r = row.get(t)
+            if r is None:
+                cells.append("–")
+                continue
+            cell = f"{_fmt(_metric_of(summary, t), r['mean'])} ± {_fmt(_metric_of(summary, t), r['std'])}"
+            if r["n_seeds"] < n_seeds:
+                cell += f" (n={r['n_seeds']})"
+            cells.append(cell)
+        lines.append("| " + " | ".join(cells) + " |")
+    cells = [f"{HANDCRAFTED} (± over folds)"]
+    for t in tasks:
+        r = summary["handcrafted"].get(t)
+        cells.append("–" if r is None else
+                     f"{_fmt(_metric_of(summary, t), r['mean'])} ± {_fmt(_metric_of(summary, t), r['std'])}")
+    lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def format_markdown(summary: dict) -> str:
+    s = summary["settings"]
+    budget = f"{s['minutes']:g} min" if s["minutes"] is not None else f"{s['steps']} steps"
+    lines = [
+        "# World ablation",
+        "",
+        f"Every variant: one `{s['model_preset']}` model per seed ({', '.join(map(str, s['seeds']))}), "
+        f"{budget} of pre-training each, then a linear probe of the frozen encoder (layer {s['probe']['layer']}, "
+        f"{s['probe']['pool']}-pooled). Cells: mean ± std (population) over seeds of each run's score "
+        "(itself the mean over the task's folds); the handcrafted row's ± is over folds."
+        + ("" if summary.get("complete") else " **Incomplete: runs still to do.**"),
+        "",
+    ]
+    lines += format_table(summary)
+    lines += ["", "## Variants", ""]
+    for name, v in s["variants"].items():
+        lines.append(f"- `{name}`: {v['description']}")
+    if s["overrides"]:
+        lines += ["", "Settings of every run: " + ", ".join(f"`{o}`" for o in s["overrides"])]
+    lines += ["", "## Tasks", ""]
+    for t, info in summary["tasks"].items():
+        if info.get("skipped"):
+            lines.append(f"- `{t}`: **skipped**: {info['skipped']}")
+        else:
+            lines.append(f"- `{t}`: {info['num_items']} clips from `{info['data']}`; {info['protocol']}")
+            lines += [f"  - note: {n}" for n in info.get("notes", [])]
+    lines += ["", f"Data: `{s['data_root']}`. Run folders: `<variant>/seed<k>/`, probe reports in "
+                  "`<variant>/seed<k>/probe/<task>/`, the handcrafted baseline's in `handcrafted/<task>/`."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_summary(summary: dict) -> bytes:
+    """PNG bytes: one group of bars per task, one bar per variant (error bar: std over seeds),
+    the handcrafted baseline as a dashed line over each group."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    tasks = [t for t, info in summary["tasks"].items() if not info.get("skipped")]
+    names = list(summary["results"])
+    fig = Figure(figsize=(max(6.0, 1.2 + len(tasks) * (0.5 + 0.32 * len(names))), 4.4))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    if not tasks:
+        ax.text(0.5, 0.5, "no task had data", ha="center", va="center", transform=ax.transAxes)
+        ax.set_axis_off()
+    else:
+        import matplotlib
+
+        cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+        width = 0.8 / max(1, len(names))
+        x = np.arange(len(tasks))
+        scale = [100.0 if _metric_of(summary, t) == "accuracy" else 1.0 for t in tasks]
+        for j, name in enumerate(names):
+            row = summary["results"][name]
+            means = [row[t]["mean"] * sc if t in row else np.nan for t, sc in zip(tasks, scale)]
+            stds = [row[t]["std"] * sc if t in row else 0.0 for t, sc in zip(tasks, scale)]
+            ax.bar(x - 0.4 + width * (j + 0.5), means, width, yerr=stds, capsize=2, label=name,
+                   color=cmap(j % cmap.N), edgecolor="black", linewidth=0.4, error_kw={"linewidth": 0.8})
+        labelled = False
+        for i, (t, sc) in enumerate(zip(tasks, scale)):
+            r = summary["handcrafted"].get(t)
+            if r is not None:
+                ax.hlines(r["mean"] * sc, i - 0.45, i + 0.45, colors="black", linestyles="dashed", linewidth=1.2, zorder=3,
+                          label=None if labelled else HANDCRAFTED)
+                labelled = True
+        ax.set_xticks(x)
+        ax.set_xticklabels(tasks)
+        metrics = {_metric_of(summary, t) for t in tasks}
+        ax.set_ylabel("accuracy (%)" if metrics == {"accuracy"} else " / ".join(sorted(metrics)))
+        ax.set_ylim(bottom=0)
+        ax.grid(axis="y", linewidth=0.4, alpha=0.6)
+        ax.set_axisbelow(True)
+        ax.legend(fontsize=7, ncol=2 if len(names) > 5 else 1, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+                  frameon=False)
+        s = summary["settings"]
+        budget = f"{s['minutes']:g} min" if s["minutes"] is not None else f"{s['steps']} steps"
+        ax.set_title(f"World ablation: {s['model_preset']} models, {budget} each, mean ± std over "
+                     f"{len(s['seeds'])} seed(s)" + ("" if summary.get("complete") else " (incomplete)"), fontsize=9)
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def write_summary(out_dir: str | os.PathLike, summary: dict) -> None:
+    """``ablation.json``, ``ablation.md`` and ``ablation.png`` in ``out_dir``, each written atomically."""
+    from audiopg.eval.report import readable
+
+    out = Path(out_dir)
+    png = plot_summary(summary)
+    atomic_write_text(out / SUMMARY_JSON, json.dumps(summary, indent=2, default=_json_default) + "\n")
+    atomic_write_text(out / SUMMARY_MD, format_markdown(summary))
+    atomic_write_bytes(out / SUMMARY_PNG, png)
+    for name in (SUMMARY_JSON, SUMMARY_MD, SUMMARY_PNG):
+        readable(out / name)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")

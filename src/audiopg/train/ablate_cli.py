@@ -1,0 +1,120 @@
+"""``audiopg ablate``: which parts of the world matter? Pre-train per world variant and seed, probe, tabulate.
+
+Examples::
+
+    audiopg ablate --preset rich --without voice,modal,string,textures,scene,room --minutes 8 --seeds 2 --out runs/abl
+    audiopg ablate --variants paper,rich,rich-no-room --minutes 4 --seeds 3 --out runs/abl2 --tasks fsdd-loso
+    audiopg ablate ... --out runs/abl        # again: finished runs and probes are reused, unfinished runs resumed
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+Pre-train one model per world variant and seed with the same budget, probe every
+encoder like benchmarks/transfer_cpu.py (FSDD own split, FSDD leave-one-speaker-out,
+the ESC-50 part; plus the handcrafted baseline once), and write OUT/ablation.json,
+ablation.md (variant x task, mean ± std over seeds) and ablation.png.
+
+Variants: paper, the --preset world, and the --preset world without each family of
+--without (named PRESET-no-FAMILY); or an explicit --variants list of PRESET or
+PRESET-no-FAMILY[+FAMILY...].  Families: voice, modal, string, textures (granular,
+modulated_noise, glide), scene (one source per clip), room (room and distance).
+
+Runs go to OUT/<variant>/seed<k>/ (ordinary `audiopg pretrain` run folders); a
+finished run is reused, an unfinished one resumed, so rerunning the same command
+continues an interrupted ablation.  Tasks whose data folder is absent are skipped.
+"""
+
+
+def register(subparsers) -> None:
+    from audiopg.train.ablate import FAMILY_OVERRIDES, TASKS
+
+    p = subparsers.add_parser(
+        "ablate",
+        help="world ablation: pre-train per world variant and seed, probe, tabulate",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--preset", default="rich", help="world preset the families are removed from (default rich)")
+    p.add_argument("--without", default=None, metavar="FAMILIES",
+                   help=f"comma-separated families to remove one at a time (default: all: {','.join(FAMILY_OVERRIDES)})")
+    p.add_argument("--variants", default=None, metavar="NAMES",
+                   help="explicit comma-separated variants instead, e.g. paper,rich,rich-no-voice,rich-no-scene+room")
+    length = p.add_mutually_exclusive_group(required=True)
+    length.add_argument("--minutes", type=float, help="wall-clock budget of every pre-training run, minutes")
+    length.add_argument("--steps", type=int, help="optimizer steps of every pre-training run")
+    p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per variant (default 2)")
+    p.add_argument("--out", required=True, type=Path, help="ablation folder (created, or continued)")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="shared evaluation data holding fsdd/ and esc50-fold4/ (default $AUDIOPG_DATA or "
+                        "../shared/data beside the checkout)")
+    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
+    p.add_argument("--model-preset", default="tiny", help="model preset of every run (default tiny)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="pre-training setting of every run, as in `audiopg pretrain --set` (repeatable), "
+                        "e.g. batch_size=32, model.depth=2, world.seconds=1.28")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ... (training and probing)")
+    p.add_argument("--probe-batch-size", type=int, default=32, help="encoder windows per forward pass when probing")
+    p.add_argument("--cache-dir", default=None,
+                   help="embedding cache of the probes (default audiopg's; 'none' disables)")
+    p.add_argument("--threads", default="auto", help="torch CPU threads, or auto (1 on a busy machine; default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from audiopg.config import ConfigError
+    from audiopg.eval.probe import set_torch_threads
+    from audiopg.train.ablate import (
+        FAMILY_OVERRIDES,
+        AblationInterrupted,
+        default_variants,
+        format_table,
+        parse_families,
+        parse_variant,
+        run_ablation,
+    )
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    if args.variants is not None:
+        if args.without is not None:
+            raise ConfigError("variants", "give --variants or --without, not both")
+        variants = [parse_variant(n, args.preset) for n in args.variants.split(",") if n.strip()]
+    else:
+        without = parse_families(args.without) if args.without is not None else tuple(FAMILY_OVERRIDES)
+        variants = default_variants(args.preset, without)
+    threads = args.threads
+    if threads != "auto":
+        try:
+            threads = int(threads)
+        except ValueError:
+            raise ConfigError("threads", f"expected 'auto' or a positive integer, got {threads!r}") from None
+        if threads < 1:
+            raise ConfigError("threads", f"expected 'auto' or a positive integer, got {threads!r}")
+    set_torch_threads(threads, log)
+    cache_dir = args.cache_dir
+    if cache_dir is not None:
+        cache_dir = False if cache_dir.lower() in ("none", "off") else Path(cache_dir)
+    try:
+        summary = run_ablation(
+            args.out, variants=variants, seeds=args.seeds, minutes=args.minutes, steps=args.steps,
+            data_root=args.data_root, tasks=args.tasks, model_preset=args.model_preset, overrides=args.set,
+            device=args.device, probe_batch_size=args.probe_batch_size, cache_dir=cache_dir,
+            progress=not args.no_progress, log=log,
+        )
+    except AblationInterrupted as err:
+        log(f"audiopg ablate: {err}")
+        return 128 + int(err.signal) if err.signal is not None else 130
+    print("\n".join(format_table(summary)))
+    for t, info in summary["tasks"].items():
+        if info.get("skipped"):
+            print(f"note: {t} skipped ({info['skipped']})")
+    out = Path(args.out)
+    print(f"wrote {out / 'ablation.json'}, {out / 'ablation.md'} and {out / 'ablation.png'} "
+          f"({summary['seconds']} s)")
+    return 0

@@ -1,0 +1,188 @@
+"""Tests for ``audiopg ablate``: the family -> world-override table, variant names, and a mini ablation.
+
+The mini ablation pre-trains a very small model (1 block, 32-wide, 32 frames x 32 mel bins, 8x8 patches,
+0.32 s clips) for 2 steps per run, and probes it on a small synthetic FSDD written by the test.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from audiopg import cli
+from audiopg.config import ConfigError
+from audiopg.synth import load_world_config
+from audiopg.train.ablate import (
+    FAMILY_OVERRIDES,
+    check_variant,
+    default_variants,
+    parse_families,
+    parse_tasks,
+    parse_variant,
+    run_ablation,
+    run_config,
+)
+from audiopg.train.pretrain import pretrain
+
+torch.set_num_threads(1)
+
+TINY_MODEL = dict(num_frames=32, num_mel_bins=32, patch_size=8, embed_dim=32, depth=1, num_heads=2,
+                  decoder_embed_dim=32, decoder_depth=1, decoder_num_heads=2)
+TINY_SETS = [f"model.{k}={v}" for k, v in TINY_MODEL.items()] + [
+    "world.events.min_seconds=0.1", "stats_clips=8", "batch_size=4",
+]
+TEXTURES = ("granular", "modulated_noise", "glide")
+FAMILY_SOURCES = {"voice": ("voice",), "modal": ("modal",), "string": ("string",), "textures": TEXTURES}
+
+
+# ----------------------------------------------------------------------------- the mapping
+@pytest.mark.parametrize("family", list(FAMILY_OVERRIDES))
+def test_every_family_switches_its_part_of_the_rich_world_off(family):
+    base = load_world_config("rich")
+    world = load_world_config("rich", list(FAMILY_OVERRIDES[family]))
+    gone = FAMILY_SOURCES.get(family, ())
+    for name, src in world.sources.items():
+        assert src.enabled == (name not in gone), name
+        assert base.sources[name].enabled, f"{name} is on in the rich preset"
+    if family == "scene":
+        assert tuple(base.scene.sources_per_clip) != (1, 1)
+        assert tuple(world.scene.sources_per_clip) == (1, 1)
+    else:
+        assert world.scene == base.scene
+    if family == "room":
+        assert base.room.enabled and base.distance.enabled
+        assert not world.room.enabled and not world.distance.enabled
+    else:
+        assert world.room.enabled and world.distance.enabled
+    assert world.to_dict() != base.to_dict()
+
+
+def test_variants_reach_the_pretraining_world():
+    for v in default_variants("rich"):
+        check_variant(v)
+        world = run_config(v, 0, steps=1, overrides=TINY_SETS).world_config()
+        expect = load_world_config(v.preset, ["seconds=0.32", "events.min_seconds=0.1"] + v.world_overrides())
+        assert world == expect, v.name
+    names = [v.name for v in default_variants("rich")]
+    assert names == ["paper", "rich"] + [f"rich-no-{f}" for f in FAMILY_OVERRIDES]
+
+
+def test_variant_names_and_errors():
+    assert parse_variant("rich-no-voice").without == ("voice",)
+    v = parse_variant("no-room+scene", "rich")
+    assert (v.name, v.preset, v.without) == ("rich-no-room+scene", "rich", ("room", "scene"))
+    assert parse_variant("paper").without == ()
+    assert parse_tasks("esc50-part,fsdd-own") == ["esc50", "fsdd-own"]
+    with pytest.raises(ConfigError, match="unknown family"):
+        parse_families("voice,reverb")
+    with pytest.raises(ConfigError, match="unknown family"):
+        parse_variant("rich-no-wind")
+    with pytest.raises(ConfigError, match="already off"):
+        check_variant(parse_variant("paper-no-room"))
+    with pytest.raises(ConfigError, match="unknown world preset"):
+        check_variant(parse_variant("lush"))
+    with pytest.raises(ConfigError, match="world.preset"):
+        run_config(parse_variant("rich"), 0, steps=1, overrides=["world.preset=paper"])
+
+
+# ----------------------------------------------------------------------------- a mini ablation
+def make_fsdd(root: Path, speakers=("george", "jackson", "lucas"), digits=3, takes=7) -> None:
+    rec = root / "fsdd" / "recordings"
+    rec.mkdir(parents=True)
+    sr = 8000
+    t = np.arange(int(0.25 * sr)) / sr
+    for s, spk in enumerate(speakers):
+        rng = np.random.default_rng(s)
+        for d in range(digits):
+            for k in range(takes):
+                f0 = 200 * (d + 1) * (1 + 0.03 * s) * (1 + 0.01 * rng.standard_normal())
+                x = 0.5 * np.sin(2 * np.pi * f0 * t) + 0.02 * rng.standard_normal(len(t))
+                sf.write(rec / f"{d}_{spk}_{k}.wav", x.astype(np.float32), sr, subtype="PCM_16")
+
+
+def ablate(out: Path, data: Path, tmp: Path, capsys, *extra: str) -> tuple[int, str]:
+    argv = ["ablate", "--variants", "paper,rich-no-voice", "--seeds", "1", "--steps", "2", "--out", str(out),
+            "--data-root", str(data), "--device", "cpu", "--threads", "1", "--no-progress",
+            "--cache-dir", str(tmp / "cache"), *extra]
+    for s in TINY_SETS:
+        argv += ["--set", s]
+    rc = cli.main(argv)
+    captured = capsys.readouterr()
+    return rc, captured.out + captured.err
+
+
+def test_mini_ablation_writes_the_table_and_resumes(tmp_path, capsys):
+    data, out = tmp_path / "data", tmp_path / "abl"
+    make_fsdd(data)
+    rc, text = ablate(out, data, tmp_path, capsys)
+    assert rc == 0, text
+    assert "esc50" in text and "skipped" in text  # no ESC-50 data in the fixture
+    assert "== run 1/2: paper seed 0" in text and "== run 2/2: rich-no-voice seed 0" in text
+
+    summary = json.loads((out / "ablation.json").read_text())
+    assert summary["complete"]
+    assert list(summary["results"]) == ["paper", "rich-no-voice"]
+    assert summary["tasks"]["esc50"]["skipped"]
+    for name in ("paper", "rich-no-voice"):
+        run = summary["runs"][name]["seed0"]
+        assert run["status"] == "trained" and run["steps"] == 2
+        assert (out / name / "seed0" / "encoder.safetensors").exists()
+        for task in ("fsdd-own", "fsdd-loso"):
+            r = summary["results"][name][task]
+            assert r["n_seeds"] == 1 and 0.0 <= r["mean"] <= 1.0 and r["std"] == 0.0
+            assert (out / name / "seed0" / "probe" / task / "results.json").exists()
+    assert set(summary["handcrafted"]) == {"fsdd-own", "fsdd-loso"}
+    world = json.loads((out / "rich-no-voice" / "seed0" / "config.json").read_text())["world"]
+    assert world["sources"]["voice"]["enabled"] is False and world["sources"]["modal"]["enabled"] is True
+
+    md = (out / "ablation.md").read_text()
+    rows = [line for line in md.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| variant | fsdd-own (%) | fsdd-loso (%) |")
+    assert [r.split(" | ")[0][2:] for r in rows[1:]] == ["paper", "rich-no-voice", "handcrafted (± over folds)"]
+    assert all("±" in r for r in rows[1:])
+    assert "skipped" in md
+    png = (out / "ablation.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+    # again: every run and probe is reused, nothing is retrained
+    encoder = out / "paper" / "seed0" / "encoder.safetensors"
+    before = (encoder.stat().st_mtime_ns, (out / "paper" / "seed0" / "metrics.jsonl").read_text())
+    rc, text = ablate(out, data, tmp_path, capsys)
+    assert rc == 0, text
+    assert "plan:" not in text and "reusing" in text
+    again = json.loads((out / "ablation.json").read_text())
+    assert {again["runs"][n]["seed0"]["status"] for n in again["runs"]} == {"reused"}
+    assert all(s["reused"] for n in again["runs"] for s in again["runs"][n]["seed0"]["scores"].values())
+    assert again["results"] == summary["results"]
+    assert (encoder.stat().st_mtime_ns, (out / "paper" / "seed0" / "metrics.jsonl").read_text()) == before
+
+    # asking for other settings in the same folder is refused, naming the key
+    rc, text = ablate(out, data, tmp_path, capsys, "--set", "lr=0.01")
+    assert rc == 2 and "lr" in text
+
+
+def test_unfinished_run_is_resumed(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "abl"
+    make_fsdd(data)
+    variant = parse_variant("paper")
+    config = run_config(variant, 0, steps=2, overrides=TINY_SETS, device="cpu", progress=False)
+    run_dir = out / "paper" / "seed0"
+    stopped = pretrain(config, run_dir, on_step=lambda trainer, step, loss: trainer.request_stop(),
+                       log=lambda msg: None)
+    assert stopped.status == "interrupted" and stopped.step == 1
+    assert not (run_dir / "encoder.safetensors").exists()
+    logs: list[str] = []
+    summary = run_ablation(out, variants=[variant], seeds=1, steps=2, data_root=data, tasks=["fsdd-own"],
+                           overrides=TINY_SETS, device="cpu", cache_dir=tmp_path / "cache", progress=False,
+                           log=logs.append)
+    run = summary["runs"]["paper"]["seed0"]
+    assert run["status"] == "resumed" and run["steps"] == 2
+    assert any("resuming" in line for line in logs)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2]
+    assert set(summary["results"]["paper"]) == {"fsdd-own"}
+    assert list(summary["handcrafted"]) == ["fsdd-own"]
