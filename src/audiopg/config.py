@@ -180,6 +180,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw)
     except yaml.YAMLError:
         value = raw
+    if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string; a number is meant
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     return key.split("."), value
 
 
@@ -218,6 +223,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, file_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -229,6 +235,22 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         except OSError:
             pass
         raise
+
+
+def file_mode() -> int:
+    """The mode a plain new file gets here (0666 less the umask); mkstemp would give 0600."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def make_readable(path: str | os.PathLike) -> Path:
+    """Give a file written through a private temp file the usual permissions."""
+    try:
+        os.chmod(path, file_mode())
+    except OSError:
+        pass
+    return Path(path)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -715,7 +715,7 @@ def load_manifest(
     if not items:
         raise DatasetError(f"{path}: no audio files")
     if has_split:
-        protocol: Protocol = FixedSplit(f"manifest split column: train (fit), val (model selection, if any), test",
+        protocol: Protocol = FixedSplit("manifest split column: train (fit), val (model selection, if any), test",
                                         name="manifest-split", inner_grouped=has_group)
     else:
         n = n_splits

@@ -180,10 +180,6 @@ class FeatureCache:
         np.save(buf, x, allow_pickle=False)
         atomic_write_bytes(npy, buf.getvalue())
         atomic_write_text(meta, json.dumps({**info, "key": key}, indent=1) + "\n")
-        from audiopg.eval.report import readable
-
-        readable(npy)
-        readable(meta)
 
 
 def _file_list(dataset: Dataset) -> list[dict]:

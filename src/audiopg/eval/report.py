@@ -172,16 +172,6 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def readable(path: str | os.PathLike) -> None:
-    """Give a file written through a private temp file the usual permissions (0666 minus the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    try:
-        os.chmod(path, 0o666 & ~mask)
-    except OSError:
-        pass
-
-
 def write_report(out_dir: str | os.PathLike, results: dict, confusions: Mapping[str, np.ndarray] | None = None) -> dict:
     """Write ``results.json``, ``results.md`` and ``confusion_<model>.png`` into ``out_dir``; returns the results."""
     out = Path(out_dir)
@@ -196,7 +186,4 @@ def write_report(out_dir: str | os.PathLike, results: dict, confusions: Mapping[
         results["models"][name]["confusion"] = np.asarray(cm).tolist()
     atomic_write_text(out / "results.json", json.dumps(_jsonable(results), indent=2) + "\n")
     atomic_write_text(out / "results.md", markdown_report(results))
-    for path in [out / "results.json", out / "results.md"] + [out / f"confusion_{n}.png" for n in (confusions or {})]:
-        if path.exists():
-            readable(path)
     return results

@@ -25,6 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from audiopg.config import file_mode
 from audiopg.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -45,6 +46,7 @@ def save_encoder(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], m
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(metadata)})
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

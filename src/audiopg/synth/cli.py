@@ -5,7 +5,6 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from audiopg.config import ConfigError, atomic_write_text, write_json

@@ -565,15 +565,11 @@ def plot_summary(summary: dict) -> bytes:
 
 def write_summary(out_dir: str | os.PathLike, summary: dict) -> None:
     """``ablation.json``, ``ablation.md`` and ``ablation.png`` in ``out_dir``, each written atomically."""
-    from audiopg.eval.report import readable
-
     out = Path(out_dir)
     png = plot_summary(summary)
     atomic_write_text(out / SUMMARY_JSON, json.dumps(summary, indent=2, default=_json_default) + "\n")
     atomic_write_text(out / SUMMARY_MD, format_markdown(summary))
     atomic_write_bytes(out / SUMMARY_PNG, png)
-    for name in (SUMMARY_JSON, SUMMARY_MD, SUMMARY_PNG):
-        readable(out / name)
 
 
 def _json_default(obj: Any) -> Any:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -260,7 +259,7 @@ def build_pretrain_config(
     for key in ("model", "world"):  # "model: tiny" / "world: paper" are shorthand for the preset
         if isinstance(user.get(key), str):
             user[key] = {"preset": user[key]}
-    user = merge_overrides(user, [_yaml11_float(o) for o in overrides])
+    user = merge_overrides(user, list(overrides))
     for key, value in (flags or {}).items():
         if value is None:
             continue
@@ -279,17 +278,6 @@ def build_pretrain_config(
         data.pop("minutes" if "steps" in user else "steps", None)
     data = deep_update(data, user)
     return from_dict(PretrainConfig, data).resolved()
-
-
-_EXP_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
-
-
-def _yaml11_float(text: str) -> str:
-    """``lr=1e-3`` -> ``lr=0.001``: YAML 1.1 (PyYAML) reads ``1e-3`` as a string."""
-    key, sep, raw = text.partition("=")
-    if sep and _EXP_FLOAT.fullmatch(raw.strip()):
-        return f"{key}={float(raw)!r}"
-    return text
 
 
 def _mapping(value: Any, key: str) -> dict:

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audiopg.audio import fit_length, load_audio
-from audiopg.config import ConfigError, check_range, from_dict, merge_overrides, read_mapping, to_dict
+from audiopg.config import ConfigError, check_range, from_dict, make_readable, merge_overrides, read_mapping, to_dict
 from audiopg.errors import AudioFileError, AudioPGError
 
 __all__ = [
@@ -413,10 +413,8 @@ def _save_model(path: Path, model: FinetuneModel, meta: dict) -> None:
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata={"audiopg_finetune": json.dumps(meta)})
+    make_readable(tmp)  # safetensors writes 0600 files
     os.replace(tmp, path)
-    from audiopg.eval.report import readable
-
-    readable(path)
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
@@ -650,9 +648,6 @@ def run_finetune(
 
         (out / "metrics.jsonl").write_text("")
         atomic_write_text(out / "recipe.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False))
-        from audiopg.eval.report import readable
-
-        readable(out / "recipe.yaml")
     models: dict[str, Any] = {}
     for tag, reinit in variants:
         enc = Encoder.from_pretrained(checkpoint, device="cpu", reinit=True, seed=recipe.seed) if reinit else base

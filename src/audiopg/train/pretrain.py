@@ -54,7 +54,7 @@ from typing import Any, Callable
 
 import torch
 
-from audiopg.config import ConfigError, atomic_write_bytes, to_dict, write_json
+from audiopg.config import ConfigError, atomic_write_bytes, file_mode, to_dict, write_json
 from audiopg.errors import AudioPGError, CheckpointError
 from audiopg.features import FbankStats
 from audiopg.model import MaskedAutoencoder
@@ -130,23 +130,6 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({model or platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _file_mode() -> int:
-    """The mode a plain ``open()`` would give a new file (0o666 less the umask)."""
-    umask = 0o022
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                umask = int(line.split()[1], 8)
-    return 0o666 & ~umask
-
-
-def _readable(path: Path) -> Path:
-    """Temp-file-and-rename writers create files of mode 0600; give outputs the usual mode."""
-    with contextlib.suppress(OSError):
-        os.chmod(path, _file_mode())
-    return path
-
-
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -155,7 +138,7 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
             torch.save(obj, f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -639,7 +622,6 @@ class Trainer:
             "git_commit": git_commit(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
-        _readable(self.run_dir / CONFIG_FILE)
 
     def _write_encoder(self, step: int) -> Path:
         path = self.run_dir / ENCODER_FILE
@@ -656,7 +638,7 @@ class Trainer:
             "device": device_name(self.device),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         })
-        return _readable(path)
+        return path
 
     def _write_reconstructions(self) -> Path:
         path = self.run_dir / RECON_FILE
@@ -671,7 +653,7 @@ class Trainer:
             self.model.train(was_training)
         save_reconstruction_figure(path, x, recon.spec, recon.mask,
                                    title=f"step {self.step}: original | masked input | reconstruction")
-        return _readable(path)
+        return path
 
     # ------------------------------------------------------------------ run
     def _install_signals(self):
@@ -779,7 +761,6 @@ class Trainer:
                 if json.loads(line)["step"] <= step:
                     keep.append(line)
         atomic_write_bytes(path, ("\n".join(keep) + "\n" if keep else "").encode())
-        _readable(path)
 
     def _loop(self, start: int, total: int) -> PretrainResult:
         cfg = self.config
@@ -885,7 +866,7 @@ class Trainer:
                                   self._stop_signal)
         if self.dist.is_main:
             enc = self._write_encoder(self.step)
-            png = self._write_reconstructions()
+            self._write_reconstructions()
             self.log(f"done: {self.step} steps, {self.step * self.global_batch} clips, final loss "
                      f"{final_loss:.4f}, {clips_per_s or float('nan'):.1f} clips/s, "
                      f"{self._elapsed() / 60:.1f} min in all")
