@@ -53,6 +53,7 @@ measured on the rendered signals.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -65,8 +66,7 @@ from audiopg.synth.room import air_absorption_response, fft_size, room_impulse_r
 from audiopg.synth.sources import SOURCES, Partials, place_partials
 
 CONTROL_RATE_HZ = 1000  # envelope control points per second (1 ms grid)
-CPU_CHUNK = 8  # clips rendered at a time on a CPU
-LOWPASS_PAD = 4096  # zero padding before FFT filtering: the filter's tail dies out well within it
+CPU_CHUNK_SAMPLES = 8 * 163840  # audio samples rendered at a time on a CPU (8 clips of 10.24 s)
 AIR_PAD = 256  # zero padding for the air absorption's (zero-phase, sub-millisecond) impulse response
 
 
@@ -210,7 +210,7 @@ class World:
             raise ValueError(f"generator is on {generator.device}, the world on {self.device}")
         rng = Randomness(generator, shared=shared)
         factors = self.sample_factors(n, rng, fixed or {})
-        chunk = CPU_CHUNK if self.device.type == "cpu" else n
+        chunk = max(1, CPU_CHUNK_SAMPLES // self.num_samples) if self.device.type == "cpu" else n
         if n <= chunk:
             audio = self.render(factors, rng)
         else:  # on a CPU, a few clips at a time keep the working set in cache (several times faster)
@@ -553,14 +553,16 @@ class World:
             idx = (f["source"] == self.source_codes[name]).nonzero()[:, 0]
             if len(idx) == 0:
                 continue
-            out = source.render(scfg, {k: v[idx] for k, v in f.items()}, N, sr, rng)
+            out = source.render(scfg, _Rows(f, idx), N, sr, rng)
             if isinstance(out, Partials):
                 place_partials(spec, idx, out, N, sr)
             elif out.is_complex():
                 spec[idx] = out
             else:  # a time signal: its spectrum, to be normalized and filtered like the others
                 spec[idx] = torch.fft.rfft(out, n=N)
-        power = torch.linalg.vector_norm(spec, dim=1).square() * 2 - spec[:, 0].abs().square()
+        # (the norm of a complex tensor is ~50x slower on CPU than the norm of its real view)
+        power = torch.linalg.vector_norm(torch.view_as_real(spec).reshape(n, -1), dim=1).square() * 2
+        power = power - spec[:, 0].abs().square()
         if N % 2 == 0:
             power = power - spec[:, -1].abs().square()  # one-sided: all bins but DC, Nyquist count twice
         spec.mul_((N / power.clamp_min(1e-30).sqrt())[:, None])  # Parseval: RMS 1 over the clip
@@ -645,8 +647,8 @@ class World:
         burst_rms = (burst.square().sum(-1, keepdim=True) / length.clamp_min(1.0)).sqrt().clamp_min(1e-12)
         target = (f["transient_level"] * event_rms).nan_to_num(0.0)[..., None]
         burst = burst * (target / burst_rms) * f["transient"][..., None]  # RMS over the burst = target
-        L = T + LOWPASS_PAD  # the low-pass tail of a burst, exactly (zero-padded FFT)
         cutoff = f["cutoff"]
+        L = T + _lowpass_tail(cutoff, sr)  # room for the low-pass tail of a burst (zero-padded FFT)
         h = butterworth2_response(cutoff.nan_to_num(1.0), L, sr)
         h = torch.where(torch.isnan(cutoff)[:, None], torch.ones_like(h), h)
         burst = torch.fft.irfft(torch.fft.rfft(burst, n=L) * h[:, None, :], n=L)
@@ -654,6 +656,46 @@ class World:
         pos = start + torch.arange(L, device=self.device)
         burst.masked_fill_(pos >= N, 0.0)
         x.scatter_add_(1, pos.clamp_max(N - 1).reshape(n, -1), burst.reshape(n, -1))
+
+
+class _Rows(dict):
+    """The factors of some clips, indexed on first use (a source reads only a few of them)."""
+
+    def __init__(self, factors: dict[str, torch.Tensor], idx: torch.Tensor):
+        super().__init__()
+        self._factors, self._idx = factors, idx
+
+    def __missing__(self, key: str) -> torch.Tensor:
+        value = self[key] = self._factors[key][self._idx]
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._factors
+
+    def get(self, key, default=None):
+        return self[key] if key in self._factors else default
+
+    def keys(self):
+        return self._factors.keys()
+
+    def items(self):
+        return ((k, self[k]) for k in self._factors)
+
+    def __iter__(self):
+        return iter(self._factors)
+
+    def __len__(self) -> int:
+        return len(self._factors)
+
+
+def _lowpass_tail(cutoff: torch.Tensor, sample_rate: int) -> int:
+    """Samples after which the impulse response of the lowest cutoff's low-pass has decayed by
+    more than 300 dB (its envelope falls as exp(-2 pi 0.707 fc t)), rounded up to 256."""
+    lowest = torch.nan_to_num(cutoff, nan=math.inf).min().item()
+    if not math.isfinite(lowest):
+        return 0
+    samples = 35.0 * sample_rate / (2 * math.pi * math.sqrt(0.5) * lowest)
+    return int(math.ceil(samples / 256) * 256)
 
 
 def _peak(x: torch.Tensor) -> torch.Tensor:
@@ -667,12 +709,18 @@ def _power(x: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(x, dim=1).square() / x.shape[1]
 
 
+@functools.lru_cache(maxsize=16)
+def _half_tan(n_fft: int, device: str) -> torch.Tensor:
+    """tan(w / 2) at the rfft bins w = 2 pi k / n_fft (clamped: infinite at Nyquist)."""
+    w = torch.arange(n_fft // 2 + 1, device=device, dtype=torch.float32) * (math.pi / n_fft)
+    return torch.tan(w).clamp_max(1e6)
+
+
 def butterworth2_response(cutoff: torch.Tensor, n_fft: int, sample_rate: int) -> torch.Tensor:
     """Frequency response (m, n_fft//2+1) of 2nd-order Butterworth low-passes made by the bilinear
     transform with prewarping, i.e. the filters ``scipy.signal.butter(2, cutoff, fs=sample_rate)``
     designs.  With u = tan(w/2) / tan(pi cutoff / fs):  H = 1 / (1 - u^2 + j sqrt(2) u)."""
-    w = torch.arange(n_fft // 2 + 1, device=cutoff.device, dtype=torch.float32) * (math.pi / n_fft)
-    t = torch.tan(w).clamp_max(1e6)  # tan(w/2) for w = 2 pi bin / n_fft; infinite at Nyquist
+    t = _half_tan(n_fft, str(cutoff.device))
     u = t / torch.tan(math.pi * cutoff / sample_rate)[:, None]
     u2 = u * u
     den = 1 + u2 * u2  # |1 - u^2 + j sqrt(2) u|^2
