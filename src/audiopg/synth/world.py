@@ -641,21 +641,23 @@ class World:
         noise = rng.normal((n, E, T))
         if not f["transient"].any():
             return
+        clip, slot = f["transient"].nonzero(as_tuple=True)  # only the bursts that exist
         j = torch.arange(T, device=self.device, dtype=torch.float32)
-        length = (f["transient_seconds"] * sr).nan_to_num(0.0)[..., None]
-        burst = noise * torch.exp(-5.0 * j / length.clamp_min(1.0)) * (j < length)  # decays by 43 dB
+        length = (f["transient_seconds"][clip, slot] * sr)[:, None]
+        burst = noise[clip, slot] * torch.exp(-5.0 * j / length.clamp_min(1.0)) * (j < length)  # -43 dB
         burst_rms = (burst.square().sum(-1, keepdim=True) / length.clamp_min(1.0)).sqrt().clamp_min(1e-12)
-        target = (f["transient_level"] * event_rms).nan_to_num(0.0)[..., None]
-        burst = burst * (target / burst_rms) * f["transient"][..., None]  # RMS over the burst = target
-        cutoff = f["cutoff"]
+        target = (f["transient_level"][clip, slot] * event_rms[clip, slot])[:, None]
+        burst = burst * (target / burst_rms)  # RMS over the burst = target
+        cutoff = f["cutoff"][clip]
         L = T + _lowpass_tail(cutoff, sr)  # room for the low-pass tail of a burst (zero-padded FFT)
-        h = butterworth2_response(cutoff.nan_to_num(1.0), L, sr)
-        h = torch.where(torch.isnan(cutoff)[:, None], torch.ones_like(h), h)
-        burst = torch.fft.irfft(torch.fft.rfft(burst, n=L) * h[:, None, :], n=L)
-        start = torch.round(f["event_onset"].nan_to_num(0.0) * sr).long()[..., None]
-        pos = start + torch.arange(L, device=self.device)
-        burst.masked_fill_(pos >= N, 0.0)
-        x.scatter_add_(1, pos.clamp_max(N - 1).reshape(n, -1), burst.reshape(n, -1))
+        rows = (~torch.isnan(cutoff)).nonzero()[:, 0]
+        if len(rows):
+            burst = F.pad(burst, (0, L - T))
+            spec = torch.fft.rfft(burst[rows], n=L) * butterworth2_response(cutoff[rows], L, sr)
+            burst[rows] = torch.fft.irfft(spec, n=L)
+        pos = torch.round(f["event_onset"][clip, slot] * sr).long()[:, None] + torch.arange(burst.shape[1], device=self.device)
+        inside = pos < N
+        x.view(-1).index_add_(0, (clip[:, None] * N + pos)[inside], burst[inside])
 
 
 class _Rows(dict):
