@@ -49,7 +49,7 @@ __all__ = [
 
 EPS = float(torch.finfo(torch.float32).eps)  # 1.1920928955078125e-07, Kaldi's log floor
 LOG_FLOOR = math.log(EPS)  # value of an empty (or silent) mel bank
-CPU_CHUNK = 8  # clips per step on a CPU
+CPU_CHUNK_SAMPLES = 8 * 163840  # audio samples per step on a CPU (8 clips of 10.24 s)
 
 
 def _check_int(key: str, value: Any, low: int) -> None:
@@ -240,9 +240,10 @@ class Fbank(torch.nn.Module):
         self._check_input(waveform)
         squeeze = waveform.dim() == 1
         x = waveform.unsqueeze(0) if squeeze else waveform
-        if x.device.type == "cpu" and x.shape[0] > CPU_CHUNK:
+        chunk = max(1, CPU_CHUNK_SAMPLES // max(1, x.shape[-1]))
+        if x.device.type == "cpu" and x.shape[0] > chunk:
             # on a CPU, a few clips at a time keep the frame tensors in cache (several times faster)
-            out = torch.cat([self._log_mel(x[i:i + CPU_CHUNK]) for i in range(0, x.shape[0], CPU_CHUNK)])
+            out = torch.cat([self._log_mel(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
         else:
             out = self._log_mel(x)
         return out.squeeze(0) if squeeze else out
