@@ -40,8 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    return run_command(build_parser().parse_args(argv))
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run a parsed subcommand; bad input becomes one line on stderr and exit status 2."""
     try:
         return int(args.func(args) or 0)
     except (ConfigError, AudioPGError) as err:

@@ -11,7 +11,6 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from audiopg.config import ConfigError
@@ -99,21 +98,13 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m audiopg.train.cli pretrain ...``: this command alone, with the main CLI's error handling."""
-    from audiopg.errors import AudioPGError
+    from audiopg.cli import run_command
 
     parser = argparse.ArgumentParser(prog="audiopg")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     register(sub)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except (ConfigError, AudioPGError) as err:
-        print(f"audiopg {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"audiopg {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_command(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
