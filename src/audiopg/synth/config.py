@@ -81,7 +81,7 @@ class LowpassConfig:
 
 @dataclass(frozen=True)
 class BackgroundConfig:
-    enabled: bool = True  # add white background noise
+    enabled: bool = True  # add white background noise (uniformly distributed samples)
     level: tuple[float, float] = (0.001, 0.02)  # its standard deviation (signal peak is 1 before it is added)
 
     def __post_init__(self):
