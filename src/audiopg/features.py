@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 
 from audiopg.config import ConfigError, check_range
 
@@ -208,6 +209,8 @@ class Fbank(torch.nn.Module):
         self.config = config or FbankConfig()
         self.register_buffer("window", _hanning(self.config.window_length).float(), persistent=False)
         self.register_buffer("mel", mel_banks(self.config).float(), persistent=False)
+        self._window_fft: torch.Tensor | None = None
+        assert float(self.window[0]) == 0.0, "the spectral DC removal relies on the window starting at 0"
 
     def extra_repr(self) -> str:
         c = self.config
@@ -254,16 +257,24 @@ class Fbank(torch.nn.Module):
             x = x.to(torch.float32)
             window = self.window.to(device=device, dtype=torch.float32)
             mel = self.mel.to(device=device, dtype=torch.float32)
-            frames = x.unfold(-1, self.config.window_length, self.config.window_shift)  # (B, F, L)
-            frames = frames - frames.mean(dim=-1, keepdim=True)
-            p = self.config.preemphasis
-            if p != 0.0:
-                previous = torch.cat([frames[..., :1], frames[..., :-1]], dim=-1)
-                frames = frames - p * previous
+            L, shift, p = self.config.window_length, self.config.window_shift, self.config.preemphasis
+            # Per frame, Kaldi removes the mean m, then pre-emphasizes: y_i = x_i - p x_(i-1) - (1 - p) m
+            # for i >= 1.  So pre-emphasize the waveform once, frame it (a view), and remove the
+            # mean's share (1 - p) m in the spectrum, where it is m times the window's spectrum.
+            # (y_0 = (1 - p)(x_0 - m) differs, but the Hanning window's first sample is 0.)
+            means = F.avg_pool1d(x[:, None, :], L, shift)[:, 0]  # (B, frames)
+            emph = torch.cat([x[:, :1], x[:, 1:] - p * x[:, :-1]], dim=-1) if p else x
+            frames = emph.unfold(-1, L, shift)  # (B, frames, L), a view
             spectrum = torch.fft.rfft(frames * window, n=self.config.fft_size)
-            power = spectrum.real.square() + spectrum.imag.square()  # (B, F, fft/2 + 1)
+            spectrum -= ((1 - p) * means)[..., None] * self._window_spectrum(device)
+            power = torch.view_as_real(spectrum).square().sum(-1)  # (B, frames, fft/2 + 1)
             out = torch.matmul(power, mel).clamp_min(EPS).log()  # (B, F, M)
             return self._fit_frames(out)
+
+    def _window_spectrum(self, device: torch.device) -> torch.Tensor:
+        if self._window_fft is None or self._window_fft.device != device:
+            self._window_fft = torch.fft.rfft(self.window.to(device=device, dtype=torch.float32), n=self.config.fft_size)
+        return self._window_fft
 
     def _fit_frames(self, out: torch.Tensor) -> torch.Tensor:
         target = self.config.target_frames
