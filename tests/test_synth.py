@@ -409,7 +409,6 @@ def test_bessel_functions_match_scipy():
 
 
 def test_fm_is_band_limited_and_matches_the_time_domain_formula():
-    w = world(*PLAIN, "events.count=[1,1]", "events.min_seconds=0.99", seconds=1.0)
     # low carrier: every sideband that matters is below Nyquist, so it equals the direct formula
     fixed = {"source": "fm", "f0": 220.0, "fm_ratio": 1.5, "fm_index": 3.0}
     x = World(load_world_config("paper", ["seconds=1.0", *PLAIN])).sample(1, 0, fixed=fixed)
