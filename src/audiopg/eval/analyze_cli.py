@@ -29,6 +29,7 @@ import numpy as np
 
 from audiopg.config import ConfigError, atomic_write_text
 from audiopg.errors import AudioPGError
+from audiopg.eval.report import jsonable
 
 MODEL_LABELS = {"trained": "trained", "random_init": "random init"}
 INTENSITY = ("event_level_db", "snr_db", "level_db")
@@ -112,23 +113,6 @@ def embed_sets(encoder, sets, batch_size: int, chunk: int = 128) -> dict[str, np
             parts.append(emb.scene.float().cpu().numpy())
         out[s.name] = np.concatenate(parts)
     return out
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items() if k != "pred"}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 # ----------------------------------------------------------------------------- real audio
@@ -519,7 +503,7 @@ def run_analyze(args) -> int:
     info["runtime_s"] = timing["total_s"]
     info["timing"] = timing
     doc = {"info": info, "models": results, "real_audio": real_note, "figures": figures}
-    atomic_write_text(out / "analysis.json", json.dumps(_jsonable(doc), indent=1) + "\n")
+    atomic_write_text(out / "analysis.json", json.dumps(jsonable(doc, skip_keys=("pred",)), indent=1) + "\n")
     write_report(out / "report.md", info, results, real_note, figures)
     _log(f"wrote {out / 'report.md'}, {out / 'analysis.json'} and {len(figures)} figures in {timing['total_s']:.0f} s")
     return 0

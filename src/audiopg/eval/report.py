@@ -155,18 +155,20 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | os.PathLi
     return path
 
 
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
+def jsonable(obj: Any, skip_keys: tuple[str, ...] = ()) -> Any:
+    """Plain JSON values: numpy scalars and arrays as numbers and lists, NaN and inf as null,
+    paths as strings; mapping entries named in ``skip_keys`` are left out."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v, skip_keys) for k, v in obj.items() if k not in skip_keys}
     if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
+        return [jsonable(v, skip_keys) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
+        return jsonable(obj.tolist(), skip_keys)
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (np.floating, float)):
         v = float(obj)
-        return None if math.isnan(v) or math.isinf(v) else v
+        return v if math.isfinite(v) else None
     if isinstance(obj, Path):
         return str(obj)
     return obj
@@ -184,6 +186,6 @@ def write_report(out_dir: str | os.PathLike, results: dict, confusions: Mapping[
         plot_confusion(cm, classes, out / png, f"{results.get('dataset', {}).get('name', '')} - {name}")
         results["models"][name]["confusion_png"] = png
         results["models"][name]["confusion"] = np.asarray(cm).tolist()
-    atomic_write_text(out / "results.json", json.dumps(_jsonable(results), indent=2) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(jsonable(results), indent=2) + "\n")
     atomic_write_text(out / "results.md", markdown_report(results))
     return results
