@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import torch
 
 from audiopg.config import ConfigError, check_interval, check_range
-from audiopg.synth.sources import Source, _check_common, register_source
+from audiopg.synth.sources import Source, _check_common, check_choices, choose, register_source
 
 DB60 = 3 * math.log(10)  # ln(1000)
 
@@ -157,12 +157,8 @@ class Modal(Source):
 
     def check(self, cfg, world, key):
         _check_common(key, cfg)
-        for name, allowed, got in (("bodies", BODIES, cfg.bodies), ("excitations", EXCITATIONS, cfg.excitations)):
-            if not got:
-                raise ConfigError(f"{key}.{name}", "needs at least one entry")
-            for b in got:
-                if b not in allowed:
-                    raise ConfigError(f"{key}.{name}", f"unknown {name[:-1]} {b!r} (known: {', '.join(allowed)})")
+        check_choices(f"{key}.bodies", cfg.bodies, BODIES)
+        check_choices(f"{key}.excitations", cfg.excitations, EXCITATIONS)
         check_interval(f"{key}.f1", cfg.f1, 1.0)
         if cfg.f1[1] >= 0.45 * world.sample_rate:
             raise ConfigError(f"{key}.f1", f"max {cfg.f1[1]} Hz must be below 0.45 x the sample rate")
@@ -174,19 +170,17 @@ class Modal(Source):
 
     def sample(self, cfg, n, rng):
         device = rng.device
-        bodies = torch.tensor([BODIES.index(b) for b in cfg.bodies], device=device)
-        exc = torch.tensor([EXCITATIONS.index(e) for e in cfg.excitations], device=device)
         table = torch.full((len(BODIES), MODES), math.nan, device=device)
         for i, b in enumerate(BODIES):
             table[i, : len(BODY_RATIOS[b])] = torch.tensor(BODY_RATIOS[b])
-        body = bodies[rng.integers(n, 0, len(bodies) - 1)]
+        body = choose(rng, n, cfg.bodies, BODIES)
         f1 = log_uniform(rng, n, *cfg.f1)
         decay = log_uniform(rng, n, *cfg.decay)
         slope = rng.uniform(n, *cfg.decay_slope)
         detune = rng.uniform((n, MODES), -cfg.detune, cfg.detune)
         detune = torch.where(torch.arange(MODES, device=device) == 0, 0.0, detune)  # f1 is the lowest mode
         amps = rng.uniform((n, MODES), *cfg.amplitude)
-        excitation = exc[rng.integers(n, 0, len(exc) - 1)]
+        excitation = choose(rng, n, cfg.excitations, EXCITATIONS)
         interval = log_uniform(rng, n, *cfg.strike_interval)
         ratios = table[body] * (1 + detune)
         freqs = f1[:, None] * ratios

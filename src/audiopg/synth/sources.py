@@ -75,6 +75,21 @@ def _check_common(key: str, cfg: Any) -> None:
     check_range(f"{key}.weight", cfg.weight, 0.0)
 
 
+def check_choices(key: str, chosen: tuple[str, ...], known: tuple[str, ...]) -> None:
+    """Raise unless ``chosen`` names at least one of ``known`` and nothing else."""
+    if not chosen:
+        raise ConfigError(key, "needs at least one entry")
+    for name in chosen:
+        if name not in known:
+            raise ConfigError(key, f"unknown value {name!r} (known: {', '.join(known)})")
+
+
+def choose(rng: "Randomness", n: int, chosen: tuple[str, ...], known: tuple[str, ...]) -> torch.Tensor:
+    """A code of ``known`` per clip, drawn uniformly among the ``chosen`` names."""
+    codes = torch.tensor([known.index(name) for name in chosen], device=rng.device)
+    return codes[rng.integers(n, 0, len(codes) - 1)]
+
+
 def _check_f0(key: str, f0: tuple[float, float], world: "WorldConfig") -> None:
     check_interval(f"{key}.f0", f0, 1e-3)
     if f0[0] <= 0:
@@ -252,17 +267,12 @@ class Pulse(Source):
     def check(self, cfg, world, key):
         _check_common(key, cfg)
         _check_f0(key, cfg.f0, world)
-        if not cfg.shapes:
-            raise ConfigError(f"{key}.shapes", "needs at least one shape")
-        for s in cfg.shapes:
-            if s not in PULSE_SHAPES:
-                raise ConfigError(f"{key}.shapes", f"unknown shape {s!r} (known: {', '.join(PULSE_SHAPES)})")
+        check_choices(f"{key}.shapes", cfg.shapes, PULSE_SHAPES)
 
     def sample(self, cfg, n, rng):
-        allowed = torch.tensor([PULSE_SHAPES.index(s) for s in cfg.shapes], device=rng.device)
         return {
             "f0": rng.uniform(n, *cfg.f0),
-            "pulse_shape": allowed[rng.integers(n, 0, len(allowed) - 1)],
+            "pulse_shape": choose(rng, n, cfg.shapes, PULSE_SHAPES),
             "pulse_phase": rng.uniform(n, 0.0, 2 * math.pi),
         }
 
@@ -303,16 +313,11 @@ class Noise(Source):
 
     def check(self, cfg, world, key):
         _check_common(key, cfg)
-        if not cfg.colours:
-            raise ConfigError(f"{key}.colours", "needs at least one colour")
-        for c in cfg.colours:
-            if c not in NOISE_COLOURS:
-                raise ConfigError(f"{key}.colours", f"unknown colour {c!r} (known: {', '.join(NOISE_COLOURS)})")
+        check_choices(f"{key}.colours", cfg.colours, NOISE_COLOURS)
         check_range(f"{key}.floor_hz", cfg.floor_hz, 1e-3)
 
     def sample(self, cfg, n, rng):
-        allowed = torch.tensor([NOISE_COLOURS.index(c) for c in cfg.colours], device=rng.device)
-        return {"noise_colour": allowed[rng.integers(n, 0, len(allowed) - 1)]}
+        return {"noise_colour": choose(rng, n, cfg.colours, NOISE_COLOURS)}
 
     def render(self, cfg, factors, num_samples, sample_rate, rng):
         colour = factors["noise_colour"]

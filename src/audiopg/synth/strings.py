@@ -43,7 +43,15 @@ import torch
 
 from audiopg.config import ConfigError, check_interval, check_range
 from audiopg.synth.modal import DB60, log_uniform, strike_train
-from audiopg.synth.sources import Source, _check_common, _check_f0, quantize_frequency, register_source
+from audiopg.synth.sources import (
+    Source,
+    _check_common,
+    _check_f0,
+    check_choices,
+    choose,
+    quantize_frequency,
+    register_source,
+)
 
 STRING_EXCITATIONS = ("plucked", "bowed")
 
@@ -104,22 +112,16 @@ class KarplusStrong(Source):
         check_interval(f"{key}.decay", cfg.decay, 1e-3, 60.0)
         check_interval(f"{key}.brightness", cfg.brightness, 0.0, 1.0)
         check_interval(f"{key}.pluck_position", cfg.pluck_position, 0.01, 0.99)
-        if not cfg.excitations:
-            raise ConfigError(f"{key}.excitations", "needs at least one entry")
-        for e in cfg.excitations:
-            if e not in STRING_EXCITATIONS:
-                raise ConfigError(f"{key}.excitations",
-                                  f"unknown excitation {e!r} (known: {', '.join(STRING_EXCITATIONS)})")
+        check_choices(f"{key}.excitations", cfg.excitations, STRING_EXCITATIONS)
         check_range(f"{key}.bow_noise_db", cfg.bow_noise_db, -200.0, 40.0)
 
     def sample(self, cfg, n, rng):
-        allowed = torch.tensor([STRING_EXCITATIONS.index(e) for e in cfg.excitations], device=rng.device)
         return {
             "f0": log_uniform(rng, n, *cfg.f0),
             "decay": log_uniform(rng, n, *cfg.decay),
             "brightness": rng.uniform(n, *cfg.brightness),
             "pluck_position": rng.uniform(n, *cfg.pluck_position),
-            "string_excitation": allowed[rng.integers(n, 0, len(allowed) - 1)],
+            "string_excitation": choose(rng, n, cfg.excitations, STRING_EXCITATIONS),
         }
 
     def render(self, cfg, factors, num_samples, sample_rate, rng):

@@ -36,7 +36,7 @@ import torch
 
 from audiopg.config import ConfigError, check_interval
 from audiopg.synth.modal import log_uniform
-from audiopg.synth.sources import Source, _check_common, register_source
+from audiopg.synth.sources import Source, _check_common, check_choices, choose, register_source
 
 MOD_SHAPES = ("sine", "random")
 
@@ -136,20 +136,15 @@ class ModulatedNoise(Source):
         check_interval(f"{key}.octaves", cfg.octaves, 1e-3, 10.0)
         check_interval(f"{key}.rate", cfg.rate, 1e-3, 0.25 * world.sample_rate)
         check_interval(f"{key}.depth", cfg.depth, 0.0, 1.0)
-        if not cfg.shapes:
-            raise ConfigError(f"{key}.shapes", "needs at least one shape")
-        for s in cfg.shapes:
-            if s not in MOD_SHAPES:
-                raise ConfigError(f"{key}.shapes", f"unknown shape {s!r} (known: {', '.join(MOD_SHAPES)})")
+        check_choices(f"{key}.shapes", cfg.shapes, MOD_SHAPES)
 
     def sample(self, cfg, n, rng):
-        allowed = torch.tensor([MOD_SHAPES.index(s) for s in cfg.shapes], device=rng.device)
         return {
             "band_centre": log_uniform(rng, n, *cfg.centre),
             "band_octaves": log_uniform(rng, n, *cfg.octaves),
             "mod_rate": log_uniform(rng, n, *cfg.rate),
             "mod_depth": rng.uniform(n, *cfg.depth),
-            "mod_shape": allowed[rng.integers(n, 0, len(allowed) - 1)],
+            "mod_shape": choose(rng, n, cfg.shapes, MOD_SHAPES),
             "mod_phase": rng.uniform(n, 0.0, 2 * math.pi),
         }
 
