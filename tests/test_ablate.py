@@ -186,3 +186,42 @@ def test_unfinished_run_is_resumed(tmp_path):
     assert [json.loads(line)["step"] for line in lines] == [1, 2]
     assert set(summary["results"]["paper"]) == {"fsdd-own"}
     assert list(summary["handcrafted"]) == ["fsdd-own"]
+
+
+def test_paired_differences_and_steps_in_the_summary():
+    from audiopg.train.ablate import _aggregate, format_markdown, parse_variant
+
+    variants = [parse_variant(n) for n in ("paper", "rich", "rich-no-voice")]
+    scores = {"paper": (0.50, 0.60), "rich": (0.70, 0.66), "rich-no-voice": (0.65, 0.66)}
+    steps = {"paper": (100, 102), "rich": (80, 81), "rich-no-voice": (90, 90)}
+    summary = {
+        "settings": {"seeds": [0, 1], "minutes": 1.0, "steps": None, "model_preset": "tiny",
+                     "probe": {"layer": -1, "pool": "mean"}, "variants": {}, "overrides": [], "data_root": "d"},
+        "tasks": {"fsdd-own": {"metric": "accuracy", "num_items": 10, "data": "d", "protocol": "p"},
+                  "esc50": {"skipped": "no data"}},
+        "runs": {n: {f"seed{k}": {"steps": steps[n][k], "scores": {"fsdd-own": {"mean": scores[n][k]}}}
+                     for k in range(2)} for n in scores},
+        "handcrafted": {"fsdd-own": {"mean": 0.9, "std": 0.0}},
+        "complete": True,
+    }
+    _aggregate(summary, variants, ["fsdd-own"])
+    assert summary["steps"] == {"paper": 101, "rich": 80, "rich-no-voice": 90}  # 80.5 rounds to even
+    diffs = {(d["a"], d["b"]): d["tasks"]["fsdd-own"] for d in summary["differences"]}
+    assert set(diffs) == {("rich", "rich-no-voice"), ("rich", "paper")}
+    assert diffs["rich", "rich-no-voice"]["seeds"] == pytest.approx([0.05, 0.0])
+    assert diffs["rich", "paper"]["mean"] == pytest.approx(0.13) and diffs["rich", "paper"]["std"] == pytest.approx(0.07)
+
+    md = format_markdown(summary)
+    assert "## What each part buys" in md
+    assert "| voice (`rich` − `rich-no-voice`) | +2.5 ± 2.5 (n=2) |" in md
+    assert "| `rich` − `paper` | +13.0 ± 7.0 (n=2) |" in md
+    rows = [line for line in md.splitlines() if line.startswith("| paper |")]
+    assert rows[0].endswith("| 101 |")
+
+
+def test_no_differences_table_without_a_pair():
+    from audiopg.train.ablate import format_differences, paired_differences, parse_variant
+
+    summary = {"runs": {"paper": {}}, "tasks": {}}
+    assert paired_differences(summary, [parse_variant("paper")], []) == []
+    assert format_differences({"differences": [], "tasks": {}}) == []

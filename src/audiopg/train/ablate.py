@@ -421,10 +421,12 @@ def run_ablation(
 
 
 def _aggregate(summary: dict, variants: Sequence[Variant], tasks: Sequence[str]) -> None:
-    """results[variant][task] = mean and std (population) over the seeds done so far."""
+    """Over the seeds done so far: ``results[variant][task]`` = mean and std (population) of the scores,
+    ``steps[variant]`` = mean optimizer steps, and ``differences`` = seed-paired score differences
+    (see :func:`paired_differences`)."""
     from audiopg.eval.metrics import mean_std
 
-    results = {}
+    results, steps = {}, {}
     for v in variants:
         row = {}
         for t in tasks:
@@ -434,7 +436,43 @@ def _aggregate(summary: dict, variants: Sequence[Variant], tasks: Sequence[str])
                 m, s = mean_std(scores)
                 row[t] = {"mean": m, "std": s, "n_seeds": len(scores), "seeds": scores}
         results[v.name] = row
+        done = [r["steps"] for r in summary["runs"][v.name].values() if r.get("steps") is not None]
+        steps[v.name] = round(sum(done) / len(done)) if done else None
     summary["results"] = results
+    summary["steps"] = steps
+    summary["differences"] = paired_differences(summary, variants, tasks)
+
+
+def paired_differences(summary: dict, variants: Sequence[Variant], tasks: Sequence[str]) -> list[dict]:
+    """What each part of the world buys, in score differences paired by seed (same seed, same probe folds).
+
+    For every variant ``P-no-F`` whose full preset ``P`` is also a variant: ``P`` minus ``P-no-F`` (what
+    family F adds to P); for every preset variant ``P`` other than ``paper``, when ``paper`` is a variant:
+    ``P`` minus ``paper``.  Each entry: ``{"a", "b", "label", "tasks": {task: {"mean", "std", "n_seeds",
+    "seeds"}}}`` with mean and std (population) over the seeds both runs have done.
+    """
+    from audiopg.eval.metrics import mean_std
+
+    names = {v.name for v in variants}
+    pairs = []
+    for v in variants:
+        if v.without and v.preset in names:
+            pairs.append((v.preset, v.name, f"{'+'.join(v.without)} (`{v.preset}` − `{v.name}`)"))
+    for v in variants:
+        if not v.without and v.name != "paper" and "paper" in names:
+            pairs.append((v.name, "paper", f"`{v.name}` − `paper`"))
+    out = []
+    for a, b, label in pairs:
+        row = {}
+        for t in tasks:
+            ra, rb = summary["runs"].get(a, {}), summary["runs"].get(b, {})
+            diffs = [ra[k]["scores"][t]["mean"] - rb[k]["scores"][t]["mean"] for k in sorted(ra)
+                     if k in rb and t in ra[k].get("scores", {}) and t in rb[k].get("scores", {})]
+            if diffs:
+                m, s = mean_std(diffs)
+                row[t] = {"mean": m, "std": s, "n_seeds": len(diffs), "seeds": diffs}
+        out.append({"a": a, "b": b, "label": label, "tasks": row})
+    return out
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -453,8 +491,8 @@ def format_table(summary: dict) -> list[str]:
     tasks = [t for t, info in summary["tasks"].items() if not info.get("skipped")]
     n_seeds = len(summary["settings"]["seeds"])
     header = ["variant"] + [f"{t} ({'%' if _metric_of(summary, t) == 'accuracy' else _metric_of(summary, t)})"
-                            for t in tasks]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * len(tasks)]
+                            for t in tasks] + ["steps"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * (len(tasks) + 1)]
     for name, row in summary["results"].items():
         cells = [name]
         for t in tasks:
@@ -466,13 +504,34 @@ def format_table(summary: dict) -> list[str]:
             if r["n_seeds"] < n_seeds:
                 cell += f" (n={r['n_seeds']})"
             cells.append(cell)
+        n_steps = summary.get("steps", {}).get(name)
+        cells.append("–" if n_steps is None else str(n_steps))
         lines.append("| " + " | ".join(cells) + " |")
     cells = [f"{HANDCRAFTED} (± over folds)"]
     for t in tasks:
         r = summary["handcrafted"].get(t)
         cells.append("–" if r is None else
                      f"{_fmt(_metric_of(summary, t), r['mean'])} ± {_fmt(_metric_of(summary, t), r['std'])}")
-    lines.append("| " + " | ".join(cells) + " |")
+    lines.append("| " + " | ".join(cells + ["–"]) + " |")
+    return lines
+
+
+def format_differences(summary: dict) -> list[str]:
+    """Markdown table of :func:`paired_differences` (points for accuracy), empty when there is no pair."""
+    diffs = summary.get("differences") or []
+    if not diffs:
+        return []
+    tasks = [t for t, info in summary["tasks"].items() if not info.get("skipped")]
+
+    def cell(t: str, r: dict | None) -> str:
+        if r is None:
+            return "–"
+        scale, unit = (100.0, "") if _metric_of(summary, t) == "accuracy" else (1.0, "")
+        return f"{r['mean'] * scale:+.1f} ± {r['std'] * scale:.1f}{unit} (n={r['n_seeds']})"
+
+    lines = ["| part | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+    for d in diffs:
+        lines.append("| " + d["label"] + " | " + " | ".join(cell(t, d["tasks"].get(t)) for t in tasks) + " |")
     return lines
 
 
@@ -490,6 +549,13 @@ def format_markdown(summary: dict) -> str:
         "",
     ]
     lines += format_table(summary)
+    diff_lines = format_differences(summary)
+    if diff_lines:
+        lines += ["", "## What each part buys", "",
+                  "Score differences paired by seed (same seed, same probe folds), mean ± std (population) over "
+                  "seeds, in points for accuracy; positive: the first world scores higher. `steps`: optimizer "
+                  "steps each run made within its budget (mean over seeds).", ""]
+        lines += diff_lines
     lines += ["", "## Variants", ""]
     for name, v in s["variants"].items():
         lines.append(f"- `{name}`: {v['description']}")
