@@ -225,3 +225,8 @@ def test_no_differences_table_without_a_pair():
     summary = {"runs": {"paper": {}}, "tasks": {}}
     assert paired_differences(summary, [parse_variant("paper")], []) == []
     assert format_differences({"differences": [], "tasks": {}}) == []
+    # a metric other than accuracy keeps its own scale, with 3 decimals
+    diffs = [{"a": "rich", "b": "paper", "label": "`rich` − `paper`",
+              "tasks": {"fsd50k": {"mean": 0.0123, "std": 0.0046, "n_seeds": 2}}}]
+    lines = format_differences({"differences": diffs, "tasks": {"fsd50k": {"metric": "mAP"}}})
+    assert lines[-1] == "| `rich` − `paper` | +0.012 ± 0.005 (n=2) |"

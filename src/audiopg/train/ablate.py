@@ -464,8 +464,8 @@ def paired_differences(summary: dict, variants: Sequence[Variant], tasks: Sequen
     out = []
     for a, b, label in pairs:
         row = {}
+        ra, rb = summary["runs"].get(a, {}), summary["runs"].get(b, {})
         for t in tasks:
-            ra, rb = summary["runs"].get(a, {}), summary["runs"].get(b, {})
             diffs = [ra[k]["scores"][t]["mean"] - rb[k]["scores"][t]["mean"] for k in sorted(ra)
                      if k in rb and t in ra[k].get("scores", {}) and t in rb[k].get("scores", {})]
             if diffs:
@@ -517,7 +517,8 @@ def format_table(summary: dict) -> list[str]:
 
 
 def format_differences(summary: dict) -> list[str]:
-    """Markdown table of :func:`paired_differences` (points for accuracy), empty when there is no pair."""
+    """Markdown table of :func:`paired_differences` (points for accuracy, 3 decimals for other metrics),
+    empty when there is no pair."""
     diffs = summary.get("differences") or []
     if not diffs:
         return []
@@ -526,8 +527,8 @@ def format_differences(summary: dict) -> list[str]:
     def cell(t: str, r: dict | None) -> str:
         if r is None:
             return "–"
-        scale, unit = (100.0, "") if _metric_of(summary, t) == "accuracy" else (1.0, "")
-        return f"{r['mean'] * scale:+.1f} ± {r['std'] * scale:.1f}{unit} (n={r['n_seeds']})"
+        scale, digits = (100.0, 1) if _metric_of(summary, t) == "accuracy" else (1.0, 3)
+        return f"{r['mean'] * scale:+.{digits}f} ± {r['std'] * scale:.{digits}f} (n={r['n_seeds']})"
 
     lines = ["| part | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
     for d in diffs:
@@ -544,7 +545,8 @@ def format_markdown(summary: dict) -> str:
         f"Every variant: one `{s['model_preset']}` model per seed ({', '.join(map(str, s['seeds']))}), "
         f"{budget} of pre-training each, then a linear probe of the frozen encoder (layer {s['probe']['layer']}, "
         f"{s['probe']['pool']}-pooled). Cells: mean ± std (population) over seeds of each run's score "
-        "(itself the mean over the task's folds); the handcrafted row's ± is over folds."
+        "(itself the mean over the task's folds); the handcrafted row's ± is over folds. `steps`: optimizer "
+        "steps each run made within its budget (mean over seeds)."
         + ("" if summary.get("complete") else " **Incomplete: runs still to do.**"),
         "",
     ]
@@ -553,8 +555,7 @@ def format_markdown(summary: dict) -> str:
     if diff_lines:
         lines += ["", "## What each part buys", "",
                   "Score differences paired by seed (same seed, same probe folds), mean ± std (population) over "
-                  "seeds, in points for accuracy; positive: the first world scores higher. `steps`: optimizer "
-                  "steps each run made within its budget (mean over seeds).", ""]
+                  "seeds, in points for accuracy; positive: the first world scores higher.", ""]
         lines += diff_lines
     lines += ["", "## Variants", ""]
     for name, v in s["variants"].items():
