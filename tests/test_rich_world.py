@@ -2,9 +2,9 @@
 and the paper world, bit for bit as before they existed."""
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -65,18 +65,15 @@ def analytic(x):
     return sig.hilbert(x)
 
 
-def digest(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()
-
-
 # ----------------------------------------------------------------------------- the paper world
-# Computed from World(load_world_config("paper", ["seconds=2.0"])).sample(4, 0) before scenes, rooms,
-# distances and the new sources existed (git c150cb2): audio bytes, and every factor (sorted by name:
-# name, dtype, bytes).  Re-pinned since, on purpose, when the paper renderer changed: a shorter zero
-# padding for filtering the bursts and a closed-form Bessel evaluation (audio within 3.6e-7), then
-# uniform instead of Gaussian background noise (as the published code draws it; faster).
-PAPER_AUDIO_SHA256 = "15533f678cd9356a6af9771be1ad0b09c8715603d3b0131074f625b2ab785bad"
-PAPER_FACTORS_SHA256 = "9b7d097cf063425c4b0cd77d0f3fe3d58d7a87b33e68c779c4c6afe3bd314166"
+# Rendered by World(load_world_config("paper", ["seconds=2.0"])).sample(4, 0) at git c5b4bb2, whose paper output
+# matched the world before scenes, rooms, distances and the new sources existed (git c150cb2) bar two changes
+# made on purpose (a shorter zero padding and a closed-form Bessel evaluation: audio within 3.6e-7; uniform
+# background noise, as the published code draws it).  Drawn factors must match exactly on any machine; the
+# audio and the factors measured on it differ in the last bits with the CPU's vector kernels
+# (ATEN_CPU_CAPABILITY), so they match within a tolerance.
+PAPER_REFERENCE = Path(__file__).parent / "data" / "paper-world-2s-seed0.npz"
+MEASURED = {"event_level_db", "rms_db", "snr_db", "signal_peak_db"}  # computed from the rendered audio
 PAPER_FACTORS = {
     "cutoff", "event_attack", "event_count", "event_decay", "event_duration", "event_level_db", "event_onset",
     "event_release", "event_sustain", "f0", "fm_index", "fm_phase", "fm_ratio", "gamma", "noise_colour",
@@ -85,21 +82,21 @@ PAPER_FACTORS = {
 }
 
 
-def test_paper_output_is_bit_identical_to_before_the_rich_world():
+def test_paper_output_is_the_same_as_before_the_rich_world():
     batch = World(load_world_config("paper", ["seconds=2.0"])).sample(4, 0)
     assert set(batch.factors) == PAPER_FACTORS, "paper gains no scene, room or distance factors"
-    h = hashlib.sha256()
-    for key in sorted(batch.factors):
-        v = batch.factors[key]
-        h.update(key.encode())
-        h.update(str(v.dtype).encode())
-        h.update(v.contiguous().numpy().tobytes())
-    assert h.hexdigest() == PAPER_FACTORS_SHA256
-    assert digest(batch.audio) == PAPER_AUDIO_SHA256
+    ref = np.load(PAPER_REFERENCE, allow_pickle=False)
+    for key in sorted(PAPER_FACTORS - MEASURED):  # drawn: the same values on every machine
+        got = batch.factors[key].numpy()
+        assert got.dtype == ref[key].dtype, key
+        np.testing.assert_array_equal(got, ref[key], err_msg=key)
+    for key in sorted(MEASURED):  # measured on the audio: last bits vary with the vector kernels
+        np.testing.assert_allclose(batch.factors[key].numpy(), ref[key], rtol=0, atol=1e-3, err_msg=key)
+    np.testing.assert_allclose(batch.audio.numpy(), ref["audio"], rtol=0, atol=1e-5)
     # the new stages, switched off by name, draw nothing either
     off = World(load_world_config("paper", ["seconds=2.0", "scene.sources_per_clip=[1,1]", "room.enabled=false",
                                             "distance.enabled=false", "room.rt60=[0.3,0.4]"])).sample(4, 0)
-    assert digest(off.audio) == PAPER_AUDIO_SHA256
+    assert torch.equal(off.audio, batch.audio)
 
 
 # ----------------------------------------------------------------------------- the rich preset
