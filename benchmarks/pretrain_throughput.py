@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from audiopg.features import FbankStats
+from audiopg.audio.fbank import FbankStats
 from audiopg.train.config import build_pretrain_config
 from audiopg.train.data import SynthSpectrograms
 from audiopg.train.pretrain import (

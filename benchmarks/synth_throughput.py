@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from reference_numpy_synth import synthesize_clip  # noqa: E402
 
-from audiopg.features import Fbank, FbankConfig  # noqa: E402
+from audiopg.audio.fbank import Fbank, FbankConfig  # noqa: E402
 from audiopg.synth import World, load_world_config  # noqa: E402
 
 

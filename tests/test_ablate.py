@@ -13,10 +13,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiopg import cli
-from audiopg.config import ConfigError
+from audiopg.cli import main as cli
+from audiopg.core.config import ConfigError
 from audiopg.synth import load_world_config
-from audiopg.train.ablate import (
+from audiopg.experiments.ablate import (
     FAMILY_OVERRIDES,
     check_variant,
     default_variants,
@@ -189,7 +189,7 @@ def test_unfinished_run_is_resumed(tmp_path):
 
 
 def test_paired_differences_and_steps_in_the_summary():
-    from audiopg.train.ablate import _aggregate, format_markdown, parse_variant
+    from audiopg.experiments.ablate import _aggregate, format_markdown, parse_variant
 
     variants = [parse_variant(n) for n in ("paper", "rich", "rich-no-voice")]
     scores = {"paper": (0.50, 0.60), "rich": (0.70, 0.66), "rich-no-voice": (0.65, 0.66)}
@@ -220,7 +220,7 @@ def test_paired_differences_and_steps_in_the_summary():
 
 
 def test_no_differences_table_without_a_pair():
-    from audiopg.train.ablate import format_differences, paired_differences, parse_variant
+    from audiopg.experiments.ablate import format_differences, paired_differences, parse_variant
 
     summary = {"runs": {"paper": {}}, "tasks": {}}
     assert paired_differences(summary, [parse_variant("paper")], []) == []

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from audiopg.eval.analysis import (
+from audiopg.analysis.decoding import (
     analyze_layers,
     angle_deg,
     group_folds,
@@ -287,8 +287,8 @@ def test_analyze_layers_on_planted_probe_sets():
 def _tiny_checkpoint(path):
     import torch
 
-    from audiopg.config import to_dict
-    from audiopg.features import FbankConfig
+    from audiopg.core.config import to_dict
+    from audiopg.audio.fbank import FbankConfig
     from audiopg.model import ModelConfig, ViTEncoder
     from audiopg.model.checkpoint import save_encoder
     from audiopg.synth import load_world_config
@@ -315,7 +315,7 @@ def _fake_fsdd(root, n=14):
 
 
 def test_analyze_cli_end_to_end(tmp_path, capsys):
-    from audiopg.cli import main
+    from audiopg.cli.main import main
 
     ckpt, fsdd, out = tmp_path / "run", tmp_path / "fsdd", tmp_path / "analysis"
     fsdd.mkdir()
@@ -357,7 +357,7 @@ def test_analyze_cli_end_to_end(tmp_path, capsys):
 
 
 def test_analyze_cli_bad_input(tmp_path, capsys):
-    from audiopg.cli import main
+    from audiopg.cli.main import main
 
     assert main(["analyze", "--checkpoint", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
     assert "no such checkpoint" in capsys.readouterr().err

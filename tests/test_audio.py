@@ -1,4 +1,4 @@
-"""Tests for audiopg.audio: reading files, resampling, fitting lengths with a noise floor."""
+"""Tests for audiopg.audio.io: reading files, resampling, fitting lengths with a noise floor."""
 from __future__ import annotations
 
 import os
@@ -8,8 +8,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiopg.audio import PAD_NOISE_LEVEL, fit_length, load_audio, noise_floor, resample
-from audiopg.errors import AudioFileError
+from audiopg.audio.io import PAD_NOISE_LEVEL, fit_length, load_audio, noise_floor, resample
+from audiopg.core.errors import AudioFileError
 
 
 def sine(freq: float, sr: int, seconds: float, amp: float = 0.5) -> np.ndarray:
@@ -203,6 +203,6 @@ def test_audio_module_is_light():
     import subprocess
     import sys
 
-    code = "import sys, audiopg, audiopg.audio; print('torch' in sys.modules)"
+    code = "import sys, audiopg, audiopg.audio.io; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ}, check=True)
     assert out.stdout.strip() == "False"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audiopg.errors import AudioFileError
+from audiopg.core.errors import AudioFileError
 from audiopg.eval.datasets import (
     FixedSplit,
     GroupCV,
@@ -389,7 +389,7 @@ def test_corrupt_empty_and_stereo_44k_files(tmp_path):
     assert not bad and np.isfinite(feats["handcrafted"]).all()
     # the stereo 44.1 kHz file equals its mono mix resampled to 16 kHz
     data, sr = sf.read(stereo, dtype="float32")
-    from audiopg.audio import resample
+    from audiopg.audio.io import resample
 
     mono = resample(data.mean(axis=1), sr, 16000)
     ref = HandcraftedFeatures()([mono])[0]

@@ -110,7 +110,7 @@ def test_offline_fails_fast_with_the_url(tmp_path):
 def test_offline_dataset_command_fails_with_the_url(tmp_path, capsys):
     import argparse
 
-    from audiopg.eval import cli as eval_cli
+    from audiopg.cli import eval as eval_cli
 
     port = closed_port()
     src = SOURCES["fsdd"]

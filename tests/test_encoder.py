@@ -6,11 +6,11 @@ import pytest
 import torch
 
 import audiopg
-from audiopg.audio import noise_floor, resample
-from audiopg.config import to_dict
-from audiopg.encoder import Encoder
-from audiopg.errors import CheckpointError
-from audiopg.features import LOG_FLOOR, Fbank, FbankConfig, FbankStats
+from audiopg.audio.io import noise_floor, resample
+from audiopg.core.config import to_dict
+from audiopg.model.encoder import Encoder
+from audiopg.core.errors import CheckpointError
+from audiopg.audio.fbank import LOG_FLOOR, Fbank, FbankConfig, FbankStats
 from audiopg.model import ModelConfig, ViTEncoder
 from audiopg.model.checkpoint import save_encoder
 from audiopg.synth import load_world_config
@@ -176,7 +176,7 @@ def test_short_clip_is_noise_padded_and_pooled_over_signal_columns_only(run, enc
 
 
 def test_pad_level_comes_from_the_training_world(tmp_path):
-    from audiopg.audio import PAD_NOISE_LEVEL
+    from audiopg.audio.io import PAD_NOISE_LEVEL
     from audiopg.synth import BackgroundConfig
 
     make_checkpoint(tmp_path / "a", background=BackgroundConfig(level=(0.004, 0.02)))

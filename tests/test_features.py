@@ -1,4 +1,4 @@
-"""Tests for audiopg.features: Kaldi parity (kaldi-native-fbank and a float64 numpy reference), shapes, errors."""
+"""Tests for audiopg.audio.fbank: Kaldi parity (kaldi-native-fbank and a float64 numpy reference), shapes, errors."""
 from __future__ import annotations
 
 import math
@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from audiopg.config import ConfigError
-from audiopg.config import from_dict as config_from_dict
-from audiopg.features import LOG_FLOOR, Fbank, FbankConfig, FbankStats, fbank, num_frames
+from audiopg.core.config import ConfigError
+from audiopg.core.config import from_dict as config_from_dict
+from audiopg.audio.fbank import LOG_FLOOR, Fbank, FbankConfig, FbankStats, fbank, num_frames
 
 knf = pytest.importorskip("kaldi_native_fbank")
 

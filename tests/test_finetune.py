@@ -12,9 +12,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiopg.config import ConfigError, to_dict
+from audiopg.core.config import ConfigError, to_dict
 from audiopg.eval.datasets import load_dataset
-from audiopg.train.finetune import (
+from audiopg.eval.finetune import (
     FinetuneModel,
     Recipe,
     list_recipes,
@@ -27,7 +27,7 @@ from audiopg.train.finetune import (
 
 
 def tiny_checkpoint(path: Path) -> Path:
-    from audiopg.features import FbankConfig
+    from audiopg.audio.fbank import FbankConfig
     from audiopg.model import ModelConfig, ViTEncoder
     from audiopg.model.checkpoint import save_encoder
 
@@ -144,7 +144,7 @@ def test_finetune_a_few_steps_loss_decreases_and_outputs_written(tmp_path):
     # the exported encoder loads as an ordinary pretrained encoder
     from safetensors import safe_open
 
-    from audiopg.encoder import Encoder
+    from audiopg.model.encoder import Encoder
 
     enc = Encoder.from_pretrained(out / fold)
     assert enc.metadata["finetune"]["task"] == "folder"
@@ -161,7 +161,7 @@ def test_finetune_with_augmentations_random_baseline_and_skip_bad(tmp_path):
     ds = load_dataset("folder", data)
     recipe = Recipe(name="aug", **{**SMOKE, "epochs": 2, "mixup": 0.5, "specaug_time": 8, "specaug_freq": 16,
                                    "mask_t_prob": 0.25, "mask_f_prob": 0.25, "drop_path": 0.1})
-    from audiopg.errors import AudioFileError
+    from audiopg.core.errors import AudioFileError
 
     with pytest.raises(AudioFileError, match="bad.wav"):
         run_finetune(ds, ckpt, recipe, tmp_path / "o1", device="cpu", progress=False)
@@ -209,7 +209,7 @@ def test_finetune_multilabel_selects_on_validation(tmp_path):
 
 
 def test_finetune_cli(tmp_path, capsys):
-    from audiopg.eval import cli as eval_cli
+    from audiopg.cli import eval as eval_cli
 
     ckpt = tiny_checkpoint(tmp_path / "run")
     data = tone_folder(tmp_path / "data", n=5)

@@ -1,14 +1,14 @@
-"""Tests for audiopg.hear, in the spirit of hear-baseline's tests and the HEAR 2021 validator's checks."""
+"""Tests for audiopg.api.hear, in the spirit of hear-baseline's tests and the HEAR 2021 validator's checks."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from audiopg import hear
-from audiopg.config import to_dict
-from audiopg.errors import CheckpointError
-from audiopg.features import FbankConfig
+from audiopg.api import hear
+from audiopg.core.config import to_dict
+from audiopg.core.errors import CheckpointError
+from audiopg.audio.fbank import FbankConfig
 from audiopg.model import ModelConfig, ViTEncoder
 from audiopg.model.checkpoint import save_encoder
 from audiopg.synth import load_world_config

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from audiopg.eval.pitch import (
+from audiopg.analysis.pitch import (
     cumulative_mean_normalized_difference,
     difference_function,
     stable_segments,

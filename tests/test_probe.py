@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiopg.config import ConfigError, to_dict
-from audiopg.errors import AudioFileError, AudioPGError
+from audiopg.core.config import ConfigError, to_dict
+from audiopg.core.errors import AudioFileError, AudioPGError
 from audiopg.eval.datasets import Dataset, GroupCV, Item, Split, load_dataset
 from audiopg.eval.probe import (
     C_GRID,
@@ -27,7 +27,7 @@ from audiopg.eval.probe import (
 
 def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
     """A 2-block, 32-wide encoder with 0.32 s windows, saved like a trained one."""
-    from audiopg.features import FbankConfig
+    from audiopg.audio.fbank import FbankConfig
     from audiopg.model import ModelConfig, ViTEncoder
     from audiopg.model.checkpoint import save_encoder
 
@@ -193,7 +193,7 @@ def test_cache_key_changes_with_options_and_files():
 
 
 def test_probe_cli(tmp_path, capsys):
-    from audiopg.eval import cli as eval_cli
+    from audiopg.cli import eval as eval_cli
 
     data = tone_folder(tmp_path / "data", n=5)
     parser = argparse.ArgumentParser(prog="audiopg")
@@ -210,6 +210,6 @@ def test_probe_cli(tmp_path, capsys):
 
 
 def test_cli_registers_commands():
-    from audiopg.cli import COMMAND_MODULES
+    from audiopg.cli.main import COMMAND_MODULES
 
-    assert "audiopg.eval.cli" in COMMAND_MODULES
+    assert "audiopg.cli.eval" in COMMAND_MODULES

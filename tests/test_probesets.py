@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from audiopg.eval.probesets import (
+from audiopg.analysis.probesets import (
     SWEEPS,
     TARGETS,
     make_probe_sets,

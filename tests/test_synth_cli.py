@@ -6,7 +6,7 @@ import json
 import numpy as np
 import soundfile as sf
 
-from audiopg.cli import main
+from audiopg.cli.main import main
 
 
 def test_synth_writes_wavs_factors_and_a_spectrogram_grid(tmp_path, capsys):

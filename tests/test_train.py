@@ -17,13 +17,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiopg.config import ConfigError
-from audiopg.errors import CheckpointError
-from audiopg.features import Fbank, FbankConfig, FbankStats
+from audiopg.core.config import ConfigError
+from audiopg.core.errors import CheckpointError
+from audiopg.audio.fbank import Fbank, FbankConfig, FbankStats
 from audiopg.model import MaskedAutoencoder, ViTEncoder
 from audiopg.model.checkpoint import load_encoder_file
 from audiopg.synth import World
-from audiopg.train import cli as train_cli
+from audiopg.cli import pretrain as train_cli
 from audiopg.train.config import PretrainConfig, build_pretrain_config, lr_at, warmup_steps_for
 from audiopg.train.data import SynthSpectrograms, compute_fbank_stats
 from audiopg.train.pretrain import NonFiniteLoss, derive_seed, load_state, pretrain
@@ -368,9 +368,9 @@ def test_resume_may_change_device_and_progress_only(tmp_path, reference_run):
 
 
 def test_pretrain_is_registered_with_the_main_cli():
-    from audiopg import cli
+    from audiopg.cli import main as cli
 
-    assert "audiopg.train.cli" in cli.COMMAND_MODULES
+    assert "audiopg.cli.pretrain" in cli.COMMAND_MODULES
     import argparse
 
     parser = argparse.ArgumentParser()

@@ -4,7 +4,7 @@ __version__ = "0.1.0"
 __all__ = ["Encoder", "__version__"]
 
 # Heavy names load on first use, so that ``import audiopg`` stays light (no torch).
-_LAZY = {"Encoder": ("audiopg.encoder", "Encoder")}
+_LAZY = {"Encoder": ("audiopg.model.encoder", "Encoder")}
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-from audiopg.cli import main
+from audiopg.cli.main import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

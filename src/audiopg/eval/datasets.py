@@ -30,7 +30,7 @@ The root may also be the folder *above* the dataset (e.g. the folder
 marker file.
 
 Files listed in the metadata but missing on disk raise
-:class:`~audiopg.errors.AudioFileError` naming the file; with ``skip_bad=True``
+:class:`~audiopg.core.errors.AudioFileError` naming the file; with ``skip_bad=True``
 they are dropped and recorded in :attr:`Dataset.skipped` (and so in the report).
 Unreadable, empty or corrupt audio is caught later, when the audio is read.
 """
@@ -45,9 +45,9 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from audiopg.audio import AUDIO_EXTENSIONS
-from audiopg.config import ConfigError
-from audiopg.errors import AudioFileError, AudioPGError
+from audiopg.audio.io import AUDIO_EXTENSIONS
+from audiopg.core.config import ConfigError
+from audiopg.core.errors import AudioFileError, AudioPGError
 
 __all__ = [
     "TASKS",

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from audiopg.errors import AudioPGError
+from audiopg.core.errors import AudioPGError
 
 __all__ = ["Remote", "DatasetSource", "SOURCES", "DownloadError", "download_file", "download_dataset",
            "extract_archive", "extract_split_zip"]

@@ -2,15 +2,15 @@
 
 Pipeline
 --------
-1. Audio: every clip is read once with :func:`audiopg.audio.load_audio`
+1. Audio: every clip is read once with :func:`audiopg.audio.io.load_audio`
    (mono, resampled with soxr to the extractor's rate).  An unreadable, empty
-   or corrupt file raises :class:`~audiopg.errors.AudioFileError` naming it;
+   or corrupt file raises :class:`~audiopg.core.errors.AudioFileError` naming it;
    with ``skip_bad`` it is left out of *every* model's evaluation and listed in
    the report.  Nothing is ever replaced by zeros.
 2. Features (:class:`EncoderFeatures`, :class:`HandcraftedFeatures`): encoder
    embeddings from :meth:`audiopg.Encoder.embed` (mean-pooled patch tokens of
    the chosen layer, or the CLS token; long clips averaged over windows), or
-   the 160-d log-mel statistics of :mod:`audiopg.eval.handcrafted`.  Cached as
+   the 160-d log-mel statistics of :mod:`audiopg.eval.features`.  Cached as
    ``.npy`` under a key made of the checkpoint's SHA-256, the file list (paths,
    sizes, modification times) and every option that changes the numbers.
 3. Probe (:func:`fit_probe`): ``StandardScaler`` + ``LogisticRegression``
@@ -35,11 +35,11 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from audiopg.audio import load_audio
-from audiopg.config import atomic_write_bytes, atomic_write_text
-from audiopg.errors import AudioFileError, AudioPGError
+from audiopg.audio.io import load_audio
+from audiopg.core.config import atomic_write_bytes, atomic_write_text
+from audiopg.core.errors import AudioFileError, AudioPGError
 from audiopg.eval.datasets import MULTI, REGRESSION, SINGLE, Dataset, Split
-from audiopg.eval.handcrafted import HANDCRAFTED_FBANK, handcrafted_features
+from audiopg.eval.features import HANDCRAFTED_FBANK, handcrafted_features
 from audiopg.eval.metrics import (
     accuracy,
     confusion_matrix,
@@ -563,7 +563,7 @@ BASELINES = ("random", "handcrafted")
 
 def parse_baselines(text: str | Sequence[str] | None) -> list[str]:
     """``"random,handcrafted"`` -> ["random", "handcrafted"]; "" or None -> []; unknown names raise."""
-    from audiopg.config import ConfigError
+    from audiopg.core.config import ConfigError
 
     if text is None:
         return []
@@ -614,7 +614,7 @@ def run_probe(
         if checkpoint is None:
             raise AudioPGError("--checkpoint is needed for the pretrained model and the random-init baseline "
                                "(or run only --baselines handcrafted --no-pretrained)")
-        from audiopg.encoder import Encoder
+        from audiopg.model.encoder import Encoder
         from audiopg.model.checkpoint import resolve_encoder_path
 
         path = resolve_encoder_path(checkpoint)

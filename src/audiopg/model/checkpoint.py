@@ -6,7 +6,7 @@ entry ``"audiopg"``: a JSON object with at least
 
 * ``format``: :data:`FORMAT_VERSION`;
 * ``model``: the :class:`~audiopg.model.ModelConfig` as a dict;
-* ``fbank``: the :class:`~audiopg.features.FbankConfig` as a dict;
+* ``fbank``: the :class:`~audiopg.audio.fbank.FbankConfig` as a dict;
 * ``fbank_stats``: ``{"mean": ..., "std": ...}`` measured on the world;
 * ``world``: the world config the encoder was trained on (a dict);
 * ``step``, ``git_commit`` and anything else the trainer adds (``train``, ``created``...).
@@ -25,8 +25,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from audiopg.config import file_mode
-from audiopg.errors import CheckpointError
+from audiopg.core.config import file_mode
+from audiopg.core.errors import CheckpointError
 
 FORMAT_VERSION = 1
 METADATA_KEY = "audiopg"

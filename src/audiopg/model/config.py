@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from audiopg.config import ConfigError, check_range
+from audiopg.core.config import ConfigError, check_range
 
 
 def _check_int(key: str, value: Any, low: int) -> None:

@@ -3,7 +3,7 @@
 ``WorldConfig`` nests one small dataclass per stage (events, transients, low-pass,
 background, and the scene, room and distance stages, which are off unless a preset
 switches them on) and a mapping ``sources`` from a registered source name to that
-source's own config dataclass (see :mod:`audiopg.synth.sources`).  Presets are
+source's own config dataclass (see :mod:`audiopg.synth.sources.basic`).  Presets are
 YAML files in ``presets/``; ``load_world_config`` accepts a preset name or a
 path to a YAML/JSON file, plus ``key.sub=value`` overrides.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from audiopg.config import (
+from audiopg.core.config import (
     ConfigError,
     check_interval,
     check_probability,
@@ -149,7 +149,7 @@ class WorldConfig:
     peak_normalize: bool = True  # scale every finished clip to a peak of 1
 
     def __post_init__(self):
-        from audiopg.synth.sources import SOURCES
+        from audiopg.synth.sources.basic import SOURCES
 
         check_range("sample_rate", self.sample_rate, 1000, 384000)
         check_range("seconds", self.seconds, 0.05, 600.0)
@@ -186,7 +186,7 @@ class WorldConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "WorldConfig":
-        from audiopg.synth.sources import SOURCES
+        from audiopg.synth.sources.basic import SOURCES
 
         data = dict(data)
         raw_sources = data.pop("sources", None)

@@ -63,7 +63,7 @@ import torch.nn.functional as F
 
 from audiopg.synth.config import WorldConfig
 from audiopg.synth.room import air_absorption_response, fft_size, room_impulse_response
-from audiopg.synth.sources import SOURCES, Partials, place_partials
+from audiopg.synth.sources.basic import SOURCES, Partials, place_partials
 
 CONTROL_RATE_HZ = 1000  # envelope control points per second (1 ms grid)
 CPU_CHUNK_SAMPLES = 8 * 163840  # audio samples rendered at a time on a CPU (8 clips of 10.24 s)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from audiopg.config import (
+from audiopg.core.config import (
     ConfigError,
     check_range,
     deep_update,
@@ -205,7 +205,7 @@ class PretrainConfig:
 
     def fbank_config(self, model_config=None, world_config=None):
         """Log-mel settings matching the model: its mel bins, its frame count, the world's sample rate."""
-        from audiopg.features import FbankConfig
+        from audiopg.audio.fbank import FbankConfig
 
         model_config = model_config or self.model_config()
         world_config = world_config or self.world_config(model_config)

@@ -2,8 +2,8 @@
 
 Nothing is read from disk and no loader workers are used: every batch is
 synthesized by :class:`~audiopg.synth.World` and turned into Kaldi-style
-log-mel features by :class:`~audiopg.features.Fbank` on the device that trains.
-The normalization statistics (:class:`~audiopg.features.FbankStats`) are
+log-mel features by :class:`~audiopg.audio.fbank.Fbank` on the device that trains.
+The normalization statistics (:class:`~audiopg.audio.fbank.FbankStats`) are
 measured on the same world by :func:`compute_fbank_stats` at the start of every
 run -- never taken from AudioSet.
 """
@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from audiopg.features import Fbank, FbankConfig, FbankStats
+from audiopg.audio.fbank import Fbank, FbankConfig, FbankStats
 from audiopg.synth import World, WorldConfig
 
 __all__ = ["SynthSpectrograms", "compute_fbank_stats", "world_config_for_model"]

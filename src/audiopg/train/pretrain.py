@@ -54,9 +54,9 @@ from typing import Any, Callable
 
 import torch
 
-from audiopg.config import ConfigError, atomic_write_bytes, file_mode, to_dict, write_json
-from audiopg.errors import AudioPGError, CheckpointError
-from audiopg.features import FbankStats
+from audiopg.core.config import ConfigError, atomic_write_bytes, file_mode, to_dict, write_json
+from audiopg.core.errors import AudioPGError, CheckpointError
+from audiopg.audio.fbank import FbankStats
 from audiopg.model import MaskedAutoencoder
 from audiopg.model.checkpoint import save_encoder
 from audiopg.train.config import RESUME_MAY_CHANGE, PretrainConfig, lr_at, warmup_steps_for

@@ -243,12 +243,12 @@ def voiced_clips(
 ) -> tuple[list[RealClip], dict[str, int]]:
     """From each file its longest stable voiced segment (see :func:`stable_segments`), up to ``seconds``.
 
-    ``loader(path, sample_rate) -> 1-D float array`` (default :func:`audiopg.audio.load_audio`).  Returns
+    ``loader(path, sample_rate) -> 1-D float array`` (default :func:`audiopg.audio.io.load_audio`).  Returns
     the clips and counts (files read, unreadable, without a segment).
     """
     if loader is None:
-        from audiopg.audio import load_audio as loader
-    from audiopg.errors import AudioFileError
+        from audiopg.audio.io import load_audio as loader
+    from audiopg.core.errors import AudioFileError
 
     clips: list[RealClip] = []
     counts = {"files": 0, "unreadable": 0, "no_segment": 0}

@@ -604,7 +604,7 @@ def analyze_layers(
 
     ``embeddings[set.name]``: (N, L, D) for every probe set in ``sets`` (objects with ``name``,
     ``targets``, ``groups``, ``varied``, ``kind(target)`` and ``valid(target)``, e.g.
-    :class:`audiopg.eval.probesets.ProbeSet`); one of them must be named ``random`` (the reference
+    :class:`audiopg.analysis.probesets.ProbeSet`); one of them must be named ``random`` (the reference
     for standardization, the joint probes and MI).
     """
     log = log or (lambda *_: None)

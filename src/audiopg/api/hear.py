@@ -1,6 +1,6 @@
 """The HEAR 2021 common API for AudioPG encoders.
 
-    >>> from audiopg import hear
+    >>> from audiopg.api import hear
     >>> model = hear.load_model("runs/paper-tiny")              # run folder, model folder or encoder.safetensors
     >>> scene = hear.get_scene_embeddings(audio, model)          # audio: (n_sounds, n_samples) at model.sample_rate
     >>> emb, ts = hear.get_timestamp_embeddings(audio, model)    # (n, T, D), (n, T) in ms
@@ -25,7 +25,7 @@ The clip is padded with 80 ms of noise floor in front (and at the end), so
 the timestamps run from 7.5 ms in steps of 40 ms up to the end of the clip.  This costs 4 encoder passes
 over the clip -- 4 times the work of its scene embedding (on audio longer than
 a window, each pass covers it with half-overlapping windows, like the scene
-embedding).  See :mod:`audiopg.encoder` for details.
+embedding).  See :mod:`audiopg.model.encoder` for details.
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from audiopg.encoder import Encoder
-from audiopg.errors import CheckpointError
+from audiopg.model.encoder import Encoder
+from audiopg.core.errors import CheckpointError
 
 __all__ = ["HearModel", "load_model", "get_scene_embeddings", "get_timestamp_embeddings"]
 
@@ -73,7 +73,7 @@ def load_model(model_file_path: str | os.PathLike = "", **kwargs: Any) -> HearMo
     """
     if not model_file_path:
         raise CheckpointError(
-            "audiopg.hear.load_model needs model_file_path: a run folder, a model folder or an "
+            "audiopg.api.hear.load_model needs model_file_path: a run folder, a model folder or an "
             "encoder.safetensors file (AudioPG ships no default weights)"
         )
     hear_keys = ("layer", "pool", "batch_size", "timestamp_hop_ms")
@@ -85,7 +85,7 @@ def load_model(model_file_path: str | os.PathLike = "", **kwargs: Any) -> HearMo
 
 def _check_audio(audio: Any, model: HearModel) -> torch.Tensor:
     if not isinstance(model, HearModel):
-        raise TypeError(f"model must come from audiopg.hear.load_model, got {type(model).__name__}")
+        raise TypeError(f"model must come from audiopg.api.hear.load_model, got {type(model).__name__}")
     if not isinstance(audio, torch.Tensor):
         raise TypeError(f"audio must be a torch.Tensor of shape (n_sounds, n_samples), got {type(audio).__name__}")
     if audio.dim() != 2 or audio.shape[0] == 0 or audio.shape[1] == 0:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from audiopg.config import ConfigError
+from audiopg.core.config import ConfigError
 
 DESCRIPTION = """\
 Pre-train an AudioMAE-style masked autoencoder on clips synthesized on the fly
@@ -97,8 +97,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m audiopg.train.cli pretrain ...``: this command alone, with the main CLI's error handling."""
-    from audiopg.cli import run_command
+    """``python -m audiopg.cli.pretrain pretrain ...``: this command alone, with the main CLI's error handling."""
+    from audiopg.cli.main import run_command
 
     parser = argparse.ArgumentParser(prog="audiopg")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

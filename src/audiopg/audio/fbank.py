@@ -36,7 +36,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
-from audiopg.config import ConfigError, check_range
+from audiopg.core.config import ConfigError, check_range
 
 __all__ = [
     "FbankConfig",

@@ -6,12 +6,12 @@
 
 Preprocessing (what the checkpoint's metadata says the model was trained on)
 ----------------------------------------------------------------------------
-1. Resample to :attr:`Encoder.sample_rate` with soxr (:func:`audiopg.audio.resample`).
+1. Resample to :attr:`Encoder.sample_rate` with soxr (:func:`audiopg.audio.io.resample`).
 2. Peak-normalize every clip to a peak of 1 when the world that trained the
    encoder did (``metadata["world"]["peak_normalize"]``, the world's default
    is true); ``normalize=False`` switches it off, ``True`` forces it.  All-zero
    clips are left alone.  Long clips are normalized as a whole, not per window.
-3. Kaldi log-mel filterbank (:class:`audiopg.features.Fbank`, the metadata's
+3. Kaldi log-mel filterbank (:class:`audiopg.audio.fbank.Fbank`, the metadata's
    settings) and the metadata's feature statistics ``(x - mean) / (2 std)``.
 
 Windowing
@@ -22,7 +22,7 @@ end to at least one window and to a whole number of 16-frame patch columns,
 with white noise (fixed seed; never digital zeros, whose log-mel values sit at
 the log floor, a level the world never produces) at the quietest background
 level of the training world (``metadata["world"]["background"]["level"][0]``,
-1e-3 of full scale for the paper world), or :data:`audiopg.audio.PAD_NOISE_LEVEL`
+1e-3 of full scale for the paper world), or :data:`audiopg.audio.io.PAD_NOISE_LEVEL`
 (also 1e-3) when the world has none; ``pad_noise_level`` overrides it.  The
 noise is added after peak normalization, so it is relative to the clip's peak.
 
@@ -68,10 +68,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from audiopg.audio import PAD_NOISE_LEVEL, noise_floor, resample
-from audiopg.config import ConfigError, from_dict, to_dict
-from audiopg.errors import AudioPGError, CheckpointError
-from audiopg.features import Fbank, FbankConfig, FbankStats, num_frames
+from audiopg.audio.io import PAD_NOISE_LEVEL, noise_floor, resample
+from audiopg.core.config import ConfigError, from_dict, to_dict
+from audiopg.core.errors import AudioPGError, CheckpointError
+from audiopg.audio.fbank import Fbank, FbankConfig, FbankStats, num_frames
 from audiopg.model.checkpoint import load_encoder_file, read_metadata, resolve_encoder_path
 from audiopg.model.config import ModelConfig
 from audiopg.model.vit import ViTEncoder
@@ -173,7 +173,7 @@ class Encoder(nn.Module):
 
         Loading is strict: missing or unexpected weights, and weights whose shape
         differs from the architecture in the metadata, raise
-        :class:`~audiopg.errors.CheckpointError` listing them.  ``reinit=True``
+        :class:`~audiopg.core.errors.CheckpointError` listing them.  ``reinit=True``
         builds the same architecture and preprocessing with fresh random weights
         (MAE initialisation, seeded by ``seed``; the checkpoint's weights are not
         read): the "random init" baseline.  ``device`` may be "auto" (CUDA when

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from audiopg.config import atomic_write_text
+from audiopg.core.config import atomic_write_text
 
 __all__ = ["model_card_text", "write_model_card", "load_results"]
 
@@ -111,7 +111,7 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]
 # ----------------------------------------------------------------------------- facts from metadata
 def _model_facts(model: Mapping[str, Any]) -> tuple[str, int | None]:
     """(preset name or 'custom', encoder parameter count or None)."""
-    from audiopg.config import from_dict, to_dict
+    from audiopg.core.config import from_dict, to_dict
     from audiopg.model.config import MODEL_PRESETS, ModelConfig
 
     preset = "custom"
@@ -137,8 +137,8 @@ def _model_facts(model: Mapping[str, Any]) -> tuple[str, int | None]:
 def _high_freq(fbank: Mapping[str, Any]) -> str:
     """The upper mel edge in Hz, resolving Kaldi's "<= 0 is an offset from Nyquist" convention."""
     try:
-        from audiopg.config import from_dict
-        from audiopg.features import FbankConfig
+        from audiopg.core.config import from_dict
+        from audiopg.audio.fbank import FbankConfig
 
         high = float(from_dict(FbankConfig, fbank).effective_high_freq)
         return _fmt(int(high) if high.is_integer() else high)
@@ -216,7 +216,7 @@ def model_card_text(metadata: Mapping[str, Any], results: Any = None, *, name: s
               "emb = enc.embed(waveforms, sample_rate=16000).scene   # (clips, embedding size)",
               "```", "",
               "Or from the shell: `audiopg embed AUDIO_FOLDER --checkpoint path/to/this/folder --out embeddings`. "
-              "HEAR 2021 API: `audiopg.hear.load_model(\"path/to/this/folder\")`.", ""]
+              "HEAR 2021 API: `audiopg.api.hear.load_model(\"path/to/this/folder\")`.", ""]
 
     lines += ["## Architecture", ""]
     arch = [

@@ -45,8 +45,8 @@ from dataclasses import dataclass
 
 import torch
 
-from audiopg.config import ConfigError, check_interval, check_range
-from audiopg.synth.sources import Source, _check_common, check_choices, choose, register_source
+from audiopg.core.config import ConfigError, check_interval, check_range
+from audiopg.synth.sources.basic import Source, _check_common, check_choices, choose, register_source
 
 DB60 = 3 * math.log(10)  # ln(1000)
 

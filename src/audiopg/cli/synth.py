@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from audiopg.config import ConfigError, atomic_write_text, write_json
+from audiopg.core.config import ConfigError, atomic_write_text, write_json
 from audiopg.synth.config import list_presets, load_world_config
 from audiopg.synth.world import World
 
@@ -85,7 +85,7 @@ def spectrogram_grid(audio: torch.Tensor, records: list[dict], sample_rate: int,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from audiopg.features import Fbank, FbankConfig
+    from audiopg.audio.fbank import Fbank, FbankConfig
 
     feats = Fbank(FbankConfig(sample_rate=sample_rate, num_mel_bins=128)).to(audio.device)(audio).cpu().numpy()
     n = len(feats)
@@ -112,7 +112,7 @@ def spectrogram_grid(audio: torch.Tensor, records: list[dict], sample_rate: int,
 
 
 def run_stats(args) -> int:
-    from audiopg.features import FbankConfig
+    from audiopg.audio.fbank import FbankConfig
     from audiopg.train.data import compute_fbank_stats
 
     if args.clips < 1:

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 
-from audiopg.config import ConfigError, check_interval, check_range
+from audiopg.core.config import ConfigError, check_interval, check_range
 
 if TYPE_CHECKING:
     from audiopg.synth.config import WorldConfig

@@ -3,7 +3,7 @@
 * :func:`load_audio` reads any file libsndfile can (WAV, FLAC, OGG/Vorbis,
   Opus, MP3, AIFF, ...), mixes it to mono and resamples it with soxr.  A file
   that is missing, unreadable, corrupt, empty (0 samples) or that contains NaN
-  or infinite samples raises :class:`~audiopg.errors.AudioFileError` naming the
+  or infinite samples raises :class:`~audiopg.core.errors.AudioFileError` naming the
   file and the problem -- never a silent array of zeros.
 * :func:`resample` converts the sample rate of one clip or a batch (time on the
   last axis) with soxr.
@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from audiopg.errors import AudioFileError
+from audiopg.core.errors import AudioFileError
 
 __all__ = [
     "AUDIO_EXTENSIONS",

@@ -1,13 +1,13 @@
 """The handcrafted baseline: statistics of an 80-bin Kaldi log-mel spectrogram.
 
-Per clip (mono, 16 kHz, as read by :func:`audiopg.audio.load_audio`, no
+Per clip (mono, 16 kHz, as read by :func:`audiopg.audio.io.load_audio`, no
 normalization): the Kaldi-compatible log-mel filterbank of
-:mod:`audiopg.features` with 80 mel bins, 25 ms windows and a 10 ms hop; the
+:mod:`audiopg.audio.fbank` with 80 mel bins, 25 ms windows and a 10 ms hop; the
 feature vector is the mean over frames of every bin followed by the standard
 deviation over frames (160 values).  Standardization (zero mean, unit
 variance per dimension, fitted on the training part only) happens in the
 probe's pipeline.  Clips shorter than one 25 ms window are padded with the
--80 dBFS noise floor of :func:`audiopg.audio.fit_length`.
+-80 dBFS noise floor of :func:`audiopg.audio.io.fit_length`.
 """
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from audiopg.audio import fit_length
-from audiopg.features import FbankConfig, fbank
+from audiopg.audio.io import fit_length
+from audiopg.audio.fbank import FbankConfig, fbank
 
 __all__ = ["HANDCRAFTED_FBANK", "HANDCRAFTED_DIM", "handcrafted_features"]
 

@@ -41,9 +41,9 @@ from dataclasses import dataclass
 
 import torch
 
-from audiopg.config import ConfigError, check_interval, check_range
-from audiopg.synth.modal import DB60, log_uniform, strike_train
-from audiopg.synth.sources import (
+from audiopg.core.config import ConfigError, check_interval, check_range
+from audiopg.synth.sources.modal import DB60, log_uniform, strike_train
+from audiopg.synth.sources.basic import (
     Source,
     _check_common,
     _check_f0,

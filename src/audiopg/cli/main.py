@@ -2,7 +2,7 @@
 
 Each subcommand lives in its own module, which exposes ``register(subparsers)``
 (adding its parser, with ``func`` set to the function that runs it).  Errors of
-bad input (:class:`audiopg.config.ConfigError`, :class:`audiopg.errors.AudioPGError`)
+bad input (:class:`audiopg.core.config.ConfigError`, :class:`audiopg.core.errors.AudioPGError`)
 are printed as one clear line and exit with status 2, without a traceback.
 """
 from __future__ import annotations
@@ -12,17 +12,17 @@ import importlib
 import sys
 
 from audiopg import __version__
-from audiopg.config import ConfigError
-from audiopg.errors import AudioPGError
+from audiopg.core.config import ConfigError
+from audiopg.core.errors import AudioPGError
 
 # module -> registers one or more subcommands
 COMMAND_MODULES = [
-    "audiopg.synth.cli",
-    "audiopg.embed_cli",
-    "audiopg.eval.analyze_cli",
-    "audiopg.train.cli",
-    "audiopg.train.ablate_cli",
-    "audiopg.eval.cli",
+    "audiopg.cli.synth",
+    "audiopg.cli.embed",
+    "audiopg.cli.analyze",
+    "audiopg.cli.pretrain",
+    "audiopg.cli.ablate",
+    "audiopg.cli.eval",
 ]
 
 

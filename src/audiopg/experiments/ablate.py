@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from audiopg.config import ConfigError, atomic_write_bytes, atomic_write_text
-from audiopg.errors import AudioPGError
+from audiopg.core.config import ConfigError, atomic_write_bytes, atomic_write_text
+from audiopg.core.errors import AudioPGError
 
 __all__ = [
     "FAMILY_OVERRIDES",

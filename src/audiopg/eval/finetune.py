@@ -17,7 +17,7 @@ UrbanSound8K, 1 for Speech Commands / FSD50K / FSDD-own):
   step.  ``lr`` absolute, or ``blr`` with ``lr = blr * batch_size / 256`` (the
   MAE/AudioMAE convention).
 * Augmentation: random crop of ``clip_frames`` frames (short clips padded with
-  the -80 dBFS noise floor of :mod:`audiopg.audio`), waveform mixup
+  the -80 dBFS noise floor of :mod:`audiopg.audio.io`), waveform mixup
   (``lambda ~ Beta(mixup, mixup)`` with probability ``mixup_prob``, targets
   mixed alike), SpecAugment time and frequency masks on the normalized
   log-mel (set to 0, the normalized mean), and AudioMAE-style structured patch
@@ -56,9 +56,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from audiopg.audio import fit_length, load_audio
-from audiopg.config import ConfigError, check_range, from_dict, make_readable, merge_overrides, read_mapping, to_dict
-from audiopg.errors import AudioFileError, AudioPGError
+from audiopg.audio.io import fit_length, load_audio
+from audiopg.core.config import ConfigError, check_range, from_dict, make_readable, merge_overrides, read_mapping, to_dict
+from audiopg.core.errors import AudioFileError, AudioPGError
 
 __all__ = [
     "Recipe",
@@ -72,7 +72,7 @@ __all__ = [
     "run_finetune",
 ]
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 
 # ----------------------------------------------------------------------------- recipe
@@ -160,7 +160,7 @@ class Recipe:
 
 
 def list_recipes() -> list[str]:
-    """Names of the bundled recipes (``src/audiopg/recipes/*.yaml``)."""
+    """Names of the bundled recipes (``src/audiopg/eval/recipes/*.yaml``)."""
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
@@ -273,7 +273,7 @@ class _Frontend:
     """The checkpoint's preprocessing, batched on the device: log-mel + feature statistics."""
 
     def __init__(self, encoder: Any, device: torch.device):
-        from audiopg.features import Fbank
+        from audiopg.audio.fbank import Fbank
 
         self.cfg = encoder.fbank_config
         self.stats = encoder.fbank_stats
@@ -596,7 +596,7 @@ def run_finetune(
     ``baselines=("random",)`` also fine-tunes a randomly initialized encoder of
     the same architecture with the same recipe.  Returns the results dict.
     """
-    from audiopg.encoder import Encoder, resolve_device
+    from audiopg.model.encoder import Encoder, resolve_device
     from audiopg.eval.datasets import MULTI, REGRESSION, SINGLE
     from audiopg.eval.probe import ModelResult
     from audiopg.eval.report import write_report
@@ -644,7 +644,7 @@ def run_finetune(
     if write:
         import yaml
 
-        from audiopg.config import atomic_write_text
+        from audiopg.core.config import atomic_write_text
 
         (out / "metrics.jsonl").write_text("")
         atomic_write_text(out / "recipe.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False))

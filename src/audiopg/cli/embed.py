@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from audiopg.errors import AudioFileError, AudioPGError
+from audiopg.core.errors import AudioFileError, AudioPGError
 
 
 EMBED_DESCRIPTION = """\
@@ -76,7 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 # ----------------------------------------------------------------------------- inputs and outputs
 def find_audio_files(source: Path) -> list[Path]:
     """Audio files of a folder (recursive, sorted), of a list file, or a single audio file."""
-    from audiopg.audio import AUDIO_EXTENSIONS
+    from audiopg.audio.io import AUDIO_EXTENSIONS
 
     if source.is_dir():
         files = sorted(
@@ -141,8 +141,8 @@ def run_embed(args: argparse.Namespace) -> int:
     import numpy as np
     from tqdm import tqdm
 
-    from audiopg.audio import load_audio
-    from audiopg.encoder import Encoder
+    from audiopg.audio.io import load_audio
+    from audiopg.model.encoder import Encoder
 
     if args.batch_size < 1:
         raise AudioPGError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -246,9 +246,9 @@ def _copy_atomic(src: Path, dst: Path) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from audiopg.encoder import Encoder
+    from audiopg.model.encoder import Encoder
     from audiopg.model.checkpoint import resolve_encoder_path
-    from audiopg.model_card import load_results, write_model_card
+    from audiopg.api.model_card import load_results, write_model_card
 
     src = resolve_encoder_path(args.run_dir)
     run_dir = src.parent

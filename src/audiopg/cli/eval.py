@@ -1,4 +1,4 @@
-"""Subcommands ``probe``, ``finetune`` and ``download`` (registered in :mod:`audiopg.cli`)."""
+"""Subcommands ``probe``, ``finetune`` and ``download`` (registered in :mod:`audiopg.cli.main`)."""
 from __future__ import annotations
 
 import argparse
@@ -89,7 +89,7 @@ def _finetune(args: argparse.Namespace) -> int:
     from audiopg.eval.probe import parse_baselines
     from audiopg.eval.report import format_score
     from audiopg.eval.probe import set_torch_threads
-    from audiopg.train.finetune import load_recipe, run_finetune
+    from audiopg.eval.finetune import load_recipe, run_finetune
 
     log = _log(args.quiet)
     set_torch_threads(args.threads, log)
@@ -122,7 +122,7 @@ def _download(args: argparse.Namespace) -> int:
                       + (f"  {r.approx_size}" if r.approx_size else ""))
         return 0
     if args.dataset is None or args.root is None:
-        from audiopg.errors import AudioPGError
+        from audiopg.core.errors import AudioPGError
 
         raise AudioPGError("DATASET and --root are required (or use --list)")
     data_root = download_dataset(args.dataset, args.root, connect_timeout=args.timeout,
@@ -166,7 +166,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_probe)
 
     # ---------------------------------------------------------------- finetune
-    from audiopg.train.finetune import list_recipes
+    from audiopg.eval.finetune import list_recipes
 
     f = sub.add_parser(
         "finetune", help="fine-tune the encoder with a linear head on a real dataset",

@@ -30,7 +30,7 @@ continues an interrupted ablation.  Tasks whose data folder is absent are skippe
 
 
 def register(subparsers) -> None:
-    from audiopg.train.ablate import FAMILY_OVERRIDES, TASKS
+    from audiopg.experiments.ablate import FAMILY_OVERRIDES, TASKS
 
     p = subparsers.add_parser(
         "ablate",
@@ -66,9 +66,9 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audiopg.config import ConfigError
+    from audiopg.core.config import ConfigError
     from audiopg.eval.probe import set_torch_threads
-    from audiopg.train.ablate import (
+    from audiopg.experiments.ablate import (
         FAMILY_OVERRIDES,
         AblationInterrupted,
         default_variants,

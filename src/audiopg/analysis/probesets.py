@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from audiopg.synth.config import WorldConfig
-from audiopg.synth.sources import SOURCES
+from audiopg.synth.sources.basic import SOURCES
 from audiopg.synth.world import World
 
 __all__ = ["ProbeSet", "TARGETS", "SWEEPS", "make_probe_sets", "make_random_set", "make_sweep",

@@ -3,7 +3,7 @@
     audiopg analyze --checkpoint runs/tiny --out runs/tiny/analysis [--clips 512] [--seed 0]
                     [--device cpu] [--no-baseline] [--fsdd PATH | --no-real]
 
-Steps (numbers in :mod:`audiopg.eval.analysis`, probe sets in :mod:`audiopg.eval.probesets`):
+Steps (numbers in :mod:`audiopg.analysis.decoding`, probe sets in :mod:`audiopg.analysis.probesets`):
 
 1. probe sets from the encoder's training world, clips as long as its window: a random set and
    one sweep per factor;
@@ -27,8 +27,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from audiopg.config import ConfigError, atomic_write_text
-from audiopg.errors import AudioPGError
+from audiopg.core.config import ConfigError, atomic_write_text
+from audiopg.core.errors import AudioPGError
 from audiopg.eval.report import jsonable
 
 MODEL_LABELS = {"trained": "trained", "random_init": "random init"}
@@ -118,7 +118,7 @@ def embed_sets(encoder, sets, batch_size: int, chunk: int = 128) -> dict[str, np
 # ----------------------------------------------------------------------------- real audio
 def prepare_real(args, sample_rate: int) -> tuple[list | None, dict[str, Any]]:
     """Stable voiced FSDD segments, or (None, note) when skipped."""
-    from audiopg.eval.pitch import voiced_clips
+    from audiopg.analysis.pitch import voiced_clips
 
     if args.no_real:
         return None, {"skipped": "--no-real"}
@@ -149,7 +149,7 @@ def prepare_real(args, sample_rate: int) -> tuple[list | None, dict[str, Any]]:
 
 
 def real_check(encoder, emb: Mapping[str, np.ndarray], sets, clips, args, layer: int) -> dict[str, Any]:
-    from audiopg.eval.analysis import transfer_probe
+    from audiopg.analysis.decoding import transfer_probe
 
     by_name = {s.name: s for s in sets}
     X_real = np.concatenate([
@@ -198,7 +198,7 @@ def _best(values: list[float]) -> tuple[int, float]:
 
 def write_report(path: Path, info: Mapping[str, Any], results: Mapping[str, Mapping[str, Any]],
                  real: Mapping[str, Any], figures: Mapping[str, str]) -> None:
-    from audiopg.eval.analysis_plots import PRETTY
+    from audiopg.analysis.plots import PRETTY
 
     models = list(results)
     labels = [MODEL_LABELS.get(m, m) for m in models]
@@ -404,10 +404,10 @@ def run_analyze(args) -> int:
 
     import torch
 
-    from audiopg.encoder import Encoder
-    from audiopg.eval import analysis_plots as plots
-    from audiopg.eval.analysis import analyze_layers
-    from audiopg.eval.probesets import make_probe_sets, world_config_for_encoder
+    from audiopg.model.encoder import Encoder
+    from audiopg.analysis import plots
+    from audiopg.analysis.decoding import analyze_layers
+    from audiopg.analysis.probesets import make_probe_sets, world_config_for_encoder
 
     _check_args(args)
     t0 = time.time()
