@@ -54,6 +54,7 @@ def register_source(source_cls: type["Source"]) -> type["Source"]:
 
 class Source:
     name: ClassVar[str] = ""
+    tonal: ClassVar[bool] = False  # its ``f0`` factor is the pitch of a periodic tone (analysis sweeps it)
     config_cls: ClassVar[type]
     # factor name -> value for clips that do not use this source (NaN or -1)
     factor_fill: ClassVar[dict[str, float]] = {}
@@ -147,6 +148,7 @@ class HarmonicConfig:
 @register_source
 class Harmonic(Source):
     name = "harmonic"
+    tonal = True
     config_cls = HarmonicConfig
     factor_fill = {"f0": math.nan, "partials": -1, "gamma": math.nan}
 
@@ -191,6 +193,7 @@ class FMConfig:
 @register_source
 class FM(Source):
     name = "fm"
+    tonal = True
     config_cls = FMConfig
     factor_fill = {"f0": math.nan, "fm_ratio": math.nan, "fm_index": math.nan}
 
@@ -260,6 +263,7 @@ class PulseConfig:
 @register_source
 class Pulse(Source):
     name = "pulse"
+    tonal = True
     config_cls = PulseConfig
     factor_fill = {"f0": math.nan, "pulse_shape": -1}
     categories = {"pulse_shape": PULSE_SHAPES}
