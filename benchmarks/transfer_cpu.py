@@ -25,8 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+from audiopg.core.device import set_torch_threads
 from audiopg.eval.datasets import load_dataset
-from audiopg.eval.probe import run_probe, set_torch_threads
+from audiopg.eval.probe import run_probe
 from audiopg.eval.report import format_score
 
 #: handcrafted-baseline accuracies measured by the project on the shared data (reference, not targets)

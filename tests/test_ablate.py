@@ -14,8 +14,7 @@ import soundfile as sf
 import torch
 
 from audiopg.cli import main as cli
-from audiopg.core.config import ConfigError
-from audiopg.synth import load_world_config
+from audiopg.core.errors import ConfigError
 from audiopg.experiments.ablate import (
     FAMILY_OVERRIDES,
     check_variant,
@@ -26,6 +25,7 @@ from audiopg.experiments.ablate import (
     run_ablation,
     run_config,
 )
+from audiopg.synth import load_world_config
 from audiopg.train.pretrain import pretrain
 
 torch.set_num_threads(1)
@@ -220,7 +220,11 @@ def test_paired_differences_and_steps_in_the_summary():
 
 
 def test_no_differences_table_without_a_pair():
-    from audiopg.experiments.ablate import format_differences, paired_differences, parse_variant
+    from audiopg.experiments.ablate import (
+        format_differences,
+        paired_differences,
+        parse_variant,
+    )
 
     summary = {"runs": {"paper": {}}, "tasks": {}}
     assert paired_differences(summary, [parse_variant("paper")], []) == []

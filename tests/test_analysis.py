@@ -287,8 +287,8 @@ def test_analyze_layers_on_planted_probe_sets():
 def _tiny_checkpoint(path):
     import torch
 
-    from audiopg.core.config import to_dict
     from audiopg.audio.fbank import FbankConfig
+    from audiopg.core.config import to_dict
     from audiopg.model import ModelConfig, ViTEncoder
     from audiopg.model.checkpoint import save_encoder
     from audiopg.synth import load_world_config

@@ -8,7 +8,13 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiopg.audio.io import PAD_NOISE_LEVEL, fit_length, load_audio, noise_floor, resample
+from audiopg.audio.io import (
+    PAD_NOISE_LEVEL,
+    fit_length,
+    load_audio,
+    noise_floor,
+    resample,
+)
 from audiopg.core.errors import AudioFileError
 
 

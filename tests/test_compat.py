@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from audiopg import Encoder
-from audiopg.train.pretrain import pretrain
 from audiopg.train.config import PretrainConfig
+from audiopg.train.pretrain import pretrain
 
 OLD = Path(__file__).parent / "data" / "run-2026-11-26"
 REFERENCE = json.loads((OLD / "reference.json").read_text())

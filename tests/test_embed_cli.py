@@ -10,14 +10,14 @@ import pytest
 import soundfile as sf
 import torch
 
+from audiopg.api.model_card import model_card_text, write_model_card
+from audiopg.audio.fbank import FbankConfig
 from audiopg.audio.io import load_audio
 from audiopg.cli.main import main
 from audiopg.core.config import to_dict
-from audiopg.model.encoder import Encoder
-from audiopg.audio.fbank import FbankConfig
 from audiopg.model import MODEL_PRESETS, ModelConfig, ViTEncoder
 from audiopg.model.checkpoint import save_encoder
-from audiopg.api.model_card import model_card_text, write_model_card
+from audiopg.model.encoder import Encoder
 from audiopg.synth import load_world_config
 
 torch.set_num_threads(1)

@@ -6,13 +6,13 @@ import pytest
 import torch
 
 import audiopg
+from audiopg.audio.fbank import LOG_FLOOR, Fbank, FbankConfig, FbankStats
 from audiopg.audio.io import noise_floor, resample
 from audiopg.core.config import to_dict
-from audiopg.model.encoder import Encoder
 from audiopg.core.errors import CheckpointError
-from audiopg.audio.fbank import LOG_FLOOR, Fbank, FbankConfig, FbankStats
 from audiopg.model import ModelConfig, ViTEncoder
 from audiopg.model.checkpoint import save_encoder
+from audiopg.model.encoder import Encoder
 from audiopg.synth import load_world_config
 
 torch.set_num_threads(1)

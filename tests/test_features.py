@@ -7,9 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from audiopg.core.config import ConfigError
+from audiopg.audio.fbank import (
+    LOG_FLOOR,
+    Fbank,
+    FbankConfig,
+    FbankStats,
+    fbank,
+    num_frames,
+)
 from audiopg.core.config import from_dict as config_from_dict
-from audiopg.audio.fbank import LOG_FLOOR, Fbank, FbankConfig, FbankStats, fbank, num_frames
+from audiopg.core.errors import ConfigError
 
 knf = pytest.importorskip("kaldi_native_fbank")
 

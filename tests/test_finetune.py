@@ -12,7 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiopg.core.config import ConfigError, to_dict
+from audiopg.core.config import to_dict
+from audiopg.core.errors import ConfigError
 from audiopg.eval.datasets import load_dataset
 from audiopg.eval.finetune import (
     FinetuneModel,

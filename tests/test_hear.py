@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from audiopg.api import hear
+from audiopg.audio.fbank import FbankConfig
 from audiopg.core.config import to_dict
 from audiopg.core.errors import CheckpointError
-from audiopg.audio.fbank import FbankConfig
 from audiopg.model import ModelConfig, ViTEncoder
 from audiopg.model.checkpoint import save_encoder
 from audiopg.synth import load_world_config

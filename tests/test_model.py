@@ -7,8 +7,14 @@ import numpy as np
 import pytest
 import torch
 
-from audiopg.core.config import ConfigError
-from audiopg.model import MODEL_PRESETS, MaskedAutoencoder, ModelConfig, ViTEncoder, model_preset
+from audiopg.core.errors import ConfigError
+from audiopg.model import (
+    MODEL_PRESETS,
+    MaskedAutoencoder,
+    ModelConfig,
+    ViTEncoder,
+    model_preset,
+)
 from audiopg.model.mae import random_masking
 from audiopg.model.vit import sincos_pos_embed_2d
 

@@ -10,8 +10,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from audiopg.core.config import ConfigError, to_dict
-from audiopg.core.errors import AudioFileError, AudioPGError
+from audiopg.core.config import to_dict
+from audiopg.core.errors import AudioFileError, AudioPGError, ConfigError
 from audiopg.eval.datasets import Dataset, GroupCV, Item, Split, load_dataset
 from audiopg.eval.probe import (
     C_GRID,

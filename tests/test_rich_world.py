@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from audiopg.core.config import ConfigError
+from audiopg.core.errors import ConfigError
 from audiopg.synth import SOURCES, World, load_world_config
-from audiopg.synth.sources.modal import strike_train
 from audiopg.synth.room import room_impulse_response, schroeder_rt60
+from audiopg.synth.sources.modal import strike_train
 from audiopg.synth.sources.strings import partial_t60
 from audiopg.synth.world import Randomness
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from audiopg.core.config import ConfigError
+from audiopg.core.errors import ConfigError
 from audiopg.synth import SOURCES, Source, World, load_world_config, register_source
 from audiopg.synth.sources.basic import PULSE_SHAPES
 from audiopg.synth.world import Randomness, butterworth2_response

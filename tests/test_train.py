@@ -17,14 +17,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from audiopg.core.config import ConfigError
-from audiopg.core.errors import CheckpointError
 from audiopg.audio.fbank import Fbank, FbankConfig, FbankStats
+from audiopg.cli import pretrain as train_cli
+from audiopg.core.errors import CheckpointError, ConfigError
+from audiopg.core.schedule import lr_at
 from audiopg.model import MaskedAutoencoder, ViTEncoder
 from audiopg.model.checkpoint import load_encoder_file
 from audiopg.synth import World
-from audiopg.cli import pretrain as train_cli
-from audiopg.train.config import PretrainConfig, build_pretrain_config, lr_at, warmup_steps_for
+from audiopg.train.config import PretrainConfig, build_pretrain_config, warmup_steps_for
 from audiopg.train.data import SynthSpectrograms, compute_fbank_stats
 from audiopg.train.pretrain import NonFiniteLoss, derive_seed, load_state, pretrain
 

@@ -35,8 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from audiopg.model.encoder import Encoder
 from audiopg.core.errors import CheckpointError
+from audiopg.model.encoder import Encoder
 
 __all__ = ["HearModel", "load_model", "get_scene_embeddings", "get_timestamp_embeddings"]
 

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-from audiopg.core.config import atomic_write_text
+from audiopg.core.io import atomic_write_text
 
 __all__ = ["model_card_text", "write_model_card", "load_results"]
 
@@ -137,8 +137,8 @@ def _model_facts(model: Mapping[str, Any]) -> tuple[str, int | None]:
 def _high_freq(fbank: Mapping[str, Any]) -> str:
     """The upper mel edge in Hz, resolving Kaldi's "<= 0 is an offset from Nyquist" convention."""
     try:
-        from audiopg.core.config import from_dict
         from audiopg.audio.fbank import FbankConfig
+        from audiopg.core.config import from_dict
 
         high = float(from_dict(FbankConfig, fbank).effective_high_freq)
         return _fmt(int(high) if high.is_integer() else high)

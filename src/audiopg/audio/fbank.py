@@ -36,7 +36,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
-from audiopg.core.config import ConfigError, check_range
+from audiopg.core.config import check_range
+from audiopg.core.errors import ConfigError
 
 __all__ = [
     "FbankConfig",

@@ -66,8 +66,8 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audiopg.core.config import ConfigError
-    from audiopg.eval.probe import set_torch_threads
+    from audiopg.core.device import set_torch_threads
+    from audiopg.core.errors import ConfigError
     from audiopg.experiments.ablate import (
         FAMILY_OVERRIDES,
         AblationInterrupted,

@@ -27,8 +27,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from audiopg.core.config import ConfigError, atomic_write_text
-from audiopg.core.errors import AudioPGError
+from audiopg.core.errors import AudioPGError, ConfigError
+from audiopg.core.io import atomic_write_text
 from audiopg.eval.report import jsonable
 
 MODEL_LABELS = {"trained": "trained", "random_init": "random init"}
@@ -404,10 +404,10 @@ def run_analyze(args) -> int:
 
     import torch
 
-    from audiopg.model.encoder import Encoder
     from audiopg.analysis import plots
     from audiopg.analysis.decoding import analyze_layers
     from audiopg.analysis.probesets import make_probe_sets, world_config_for_encoder
+    from audiopg.model.encoder import Encoder
 
     _check_args(args)
     t0 = time.time()

@@ -23,13 +23,12 @@ import csv
 import importlib.util
 import io
 import os
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 from audiopg.core.errors import AudioFileError, AudioPGError
-
+from audiopg.core.io import atomic_copy
 
 EMBED_DESCRIPTION = """\
 Embed every audio file of INPUT -- a folder (recursively), a list file (one path
@@ -235,20 +234,10 @@ def run_embed(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- audiopg export
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = _temp_path(dst)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def run_export(args: argparse.Namespace) -> int:
-    from audiopg.model.encoder import Encoder
-    from audiopg.model.checkpoint import resolve_encoder_path
     from audiopg.api.model_card import load_results, write_model_card
+    from audiopg.model.checkpoint import resolve_encoder_path
+    from audiopg.model.encoder import Encoder
 
     src = resolve_encoder_path(args.run_dir)
     run_dir = src.parent
@@ -266,13 +255,13 @@ def run_export(args: argparse.Namespace) -> int:
         except ValueError as err:
             raise AudioPGError(str(err)) from None
     out.mkdir(parents=True, exist_ok=True)
-    _copy_atomic(src, out / "encoder.safetensors")
+    atomic_copy(src, out / "encoder.safetensors")
     copied = ["encoder.safetensors"]
     if (run_dir / "config.json").is_file():
-        _copy_atomic(run_dir / "config.json", out / "config.json")
+        atomic_copy(run_dir / "config.json", out / "config.json")
         copied.append("config.json")
     if results is not None:
-        _copy_atomic(results_file, out / "results.json")
+        atomic_copy(results_file, out / "results.json")
         copied.append("results.json")
     card = write_model_card(out, encoder.metadata, results, name=args.name)
     copied.append(card.name)

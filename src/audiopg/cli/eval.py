@@ -50,8 +50,9 @@ def _threads(text: str) -> str | int:
 
 
 def _probe(args: argparse.Namespace) -> int:
+    from audiopg.core.device import set_torch_threads
     from audiopg.eval.datasets import load_dataset
-    from audiopg.eval.probe import parse_baselines, run_probe, set_torch_threads
+    from audiopg.eval.probe import parse_baselines, run_probe
     from audiopg.eval.report import format_score
 
     log = _log(args.quiet)
@@ -85,11 +86,11 @@ def _cache_dir(text: str | None):
 
 
 def _finetune(args: argparse.Namespace) -> int:
+    from audiopg.core.device import set_torch_threads
     from audiopg.eval.datasets import load_dataset
+    from audiopg.eval.finetune import load_recipe, run_finetune
     from audiopg.eval.probe import parse_baselines
     from audiopg.eval.report import format_score
-    from audiopg.eval.probe import set_torch_threads
-    from audiopg.eval.finetune import load_recipe, run_finetune
 
     log = _log(args.quiet)
     set_torch_threads(args.threads, log)

@@ -12,8 +12,7 @@ import importlib
 import sys
 
 from audiopg import __version__
-from audiopg.core.config import ConfigError
-from audiopg.core.errors import AudioPGError
+from audiopg.core.errors import AudioPGError, ConfigError
 
 # module -> registers one or more subcommands
 COMMAND_MODULES = [

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from audiopg.core.config import ConfigError
+from audiopg.core.errors import ConfigError
 
 DESCRIPTION = """\
 Pre-train an AudioMAE-style masked autoencoder on clips synthesized on the fly

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import torch
 
-from audiopg.core.config import ConfigError, atomic_write_text, write_json
+from audiopg.core.config import write_json
+from audiopg.core.device import resolve_device
+from audiopg.core.errors import ConfigError
+from audiopg.core.io import atomic_write_text
 from audiopg.synth.config import list_presets, load_world_config
 from audiopg.synth.world import World
 
@@ -43,23 +46,13 @@ def _world_config(args):
     return load_world_config(args.preset, overrides)
 
 
-def _device(name: str) -> torch.device:
-    try:
-        dev = torch.device(name)
-    except RuntimeError as err:
-        raise ConfigError("device", str(err)) from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device", "CUDA was asked for but is not available")
-    return dev
-
-
 def run_synth(args) -> int:
     import soundfile as sf
 
     if args.n < 1:
         raise ConfigError("n", f"must be >= 1, got {args.n}")
     cfg = _world_config(args)
-    world = World(cfg, _device(args.device))
+    world = World(cfg, resolve_device(args.device))
     batch = world.sample(args.n, world.generator(args.seed))
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -119,7 +112,7 @@ def run_stats(args) -> int:
         raise ConfigError("clips", f"must be >= 1, got {args.clips}")
     cfg = _world_config(args)
     fcfg = FbankConfig(sample_rate=cfg.sample_rate, num_mel_bins=args.mel_bins)
-    stats = compute_fbank_stats(cfg, fcfg, n_clips=args.clips, seed=args.seed, device=_device(args.device),
+    stats = compute_fbank_stats(cfg, fcfg, n_clips=args.clips, seed=args.seed, device=resolve_device(args.device),
                                 batch_size=args.batch_size)
     result = {"preset": str(args.preset), "clips": args.clips, "seed": args.seed, "seconds": cfg.seconds,
               "mel_bins": args.mel_bins, **stats.to_dict()}

@@ -12,25 +12,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import typing
 from pathlib import Path
 from typing import Any, Mapping, TypeVar
 
 import yaml
 
+from audiopg.core.errors import ConfigError
+from audiopg.core.io import atomic_write_text
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or out of range.
-
-    The message always starts with the dotted key that is wrong.
-    """
-
-    def __init__(self, key: str, message: str):
-        self.key = key
-        super().__init__(f"{key}: {message}")
 
 
 # ----------------------------------------------------------------------------- validation helpers
@@ -214,47 +207,6 @@ def deep_update(base: dict, update: Mapping) -> dict:
         else:
             out[k] = v
     return out
-
-
-# ----------------------------------------------------------------------------- atomic files
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file and rename: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, file_mode())
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def file_mode() -> int:
-    """The mode a plain new file gets here (0666 less the umask); mkstemp would give 0600."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def make_readable(path: str | os.PathLike) -> Path:
-    """Give a file written through a private temp file the usual permissions."""
-    try:
-        os.chmod(path, file_mode())
-    except OSError:
-        pass
-    return Path(path)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -46,8 +46,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from audiopg.audio.io import AUDIO_EXTENSIONS
-from audiopg.core.config import ConfigError
-from audiopg.core.errors import AudioFileError, AudioPGError
+from audiopg.core.errors import AudioFileError, AudioPGError, ConfigError
 
 __all__ = [
     "TASKS",
@@ -215,7 +214,12 @@ class GroupCV(Protocol):
         return (self.reason + ": " + text) if self.reason else text
 
     def splits(self, items: Sequence[Item], targets: np.ndarray) -> list[Split]:
-        from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+        from sklearn.model_selection import (
+            GroupKFold,
+            KFold,
+            StratifiedGroupKFold,
+            StratifiedKFold,
+        )
 
         n = len(items)
         x = np.zeros((n, 1))

@@ -16,8 +16,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from audiopg.audio.io import fit_length
 from audiopg.audio.fbank import FbankConfig, fbank
+from audiopg.audio.io import fit_length
 
 __all__ = ["HANDCRAFTED_FBANK", "HANDCRAFTED_DIM", "handcrafted_features"]
 

@@ -57,8 +57,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from audiopg.audio.io import fit_length, load_audio
-from audiopg.core.config import ConfigError, check_range, from_dict, make_readable, merge_overrides, read_mapping, to_dict
-from audiopg.core.errors import AudioFileError, AudioPGError
+from audiopg.core.config import (
+    check_range,
+    from_dict,
+    merge_overrides,
+    read_mapping,
+    to_dict,
+)
+from audiopg.core.errors import AudioFileError, AudioPGError, ConfigError
+from audiopg.core.io import make_readable
 
 __all__ = [
     "Recipe",
@@ -596,10 +603,11 @@ def run_finetune(
     ``baselines=("random",)`` also fine-tunes a randomly initialized encoder of
     the same architecture with the same recipe.  Returns the results dict.
     """
-    from audiopg.model.encoder import Encoder, resolve_device
+    from audiopg.core.device import resolve_device
     from audiopg.eval.datasets import MULTI, REGRESSION, SINGLE
     from audiopg.eval.probe import ModelResult
     from audiopg.eval.report import write_report
+    from audiopg.model.encoder import Encoder
 
     log = log or (lambda msg: None)
     unknown = [b for b in baselines if b != "random"]
@@ -644,7 +652,7 @@ def run_finetune(
     if write:
         import yaml
 
-        from audiopg.core.config import atomic_write_text
+        from audiopg.core.io import atomic_write_text
 
         (out / "metrics.jsonl").write_text("")
         atomic_write_text(out / "recipe.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False))

@@ -36,8 +36,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from audiopg.audio.io import load_audio
-from audiopg.core.config import atomic_write_bytes, atomic_write_text
 from audiopg.core.errors import AudioFileError, AudioPGError
+from audiopg.core.io import atomic_write_bytes, atomic_write_text, file_sha256
 from audiopg.eval.datasets import MULTI, REGRESSION, SINGLE, Dataset, Split
 from audiopg.eval.features import HANDCRAFTED_FBANK, handcrafted_features
 from audiopg.eval.metrics import (
@@ -60,9 +60,7 @@ __all__ = [
     "extract_features",
     "fit_probe",
     "probe_features",
-    "file_sha256",
     "default_cache_dir",
-    "set_torch_threads",
     "run_probe",
 ]
 
@@ -76,17 +74,6 @@ CACHE_VERSION = 1
 
 
 # ----------------------------------------------------------------------------- feature extractors
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(chunk)
-            if not block:
-                break
-            h.update(block)
-    return h.hexdigest()
-
-
 class EncoderFeatures:
     """Scene embeddings of an :class:`audiopg.Encoder` (pretrained, or ``reinit`` = random init)."""
 
@@ -385,7 +372,12 @@ def _score(task_type: str, model: Any, x: np.ndarray, y: np.ndarray) -> tuple[fl
 
 def _inner_cv(task_type: str, y: np.ndarray, groups: np.ndarray | None, seed: int) -> tuple[Any, int]:
     """The inner splitter for model selection on a training part, grouped like the outer split."""
-    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+    from sklearn.model_selection import (
+        GroupKFold,
+        KFold,
+        StratifiedGroupKFold,
+        StratifiedKFold,
+    )
 
     n = len(y)
     if groups is not None:
@@ -527,43 +519,13 @@ def probe_features(
 
 
 # ----------------------------------------------------------------------------- CPU threads
-def set_torch_threads(spec: str | int | None, log: Callable[[str], None] | None = None) -> int:
-    """Set torch's intra-op CPU threads: an int, None (leave as is) or "auto".
-
-    "auto" uses 1 thread when the machine is already busy (1-minute load
-    average at or above the number of cores): on a shared CPU, oversubscribed
-    intra-op threads were measured 10x slower than one thread for the small
-    per-clip operations of feature extraction.  Returns the thread count in use.
-    """
-    import torch
-
-    log = log or (lambda msg: None)
-    if spec is None:
-        return torch.get_num_threads()
-    if spec == "auto":
-        cores = os.cpu_count() or 1
-        try:
-            load = os.getloadavg()[0]
-        except (AttributeError, OSError):
-            load = 0.0
-        if load >= cores - 0.5:
-            torch.set_num_threads(1)
-            log(f"CPU busy (load {load:.1f} on {cores} cores): using 1 torch thread (--threads to override)")
-        return torch.get_num_threads()
-    n = int(spec)
-    if n < 1:
-        raise ValueError(f"threads must be >= 1, got {n}")
-    torch.set_num_threads(n)
-    return n
-
-
 # ----------------------------------------------------------------------------- the whole run
 BASELINES = ("random", "handcrafted")
 
 
 def parse_baselines(text: str | Sequence[str] | None) -> list[str]:
     """``"random,handcrafted"`` -> ["random", "handcrafted"]; "" or None -> []; unknown names raise."""
-    from audiopg.core.config import ConfigError
+    from audiopg.core.errors import ConfigError
 
     if text is None:
         return []
@@ -614,8 +576,8 @@ def run_probe(
         if checkpoint is None:
             raise AudioPGError("--checkpoint is needed for the pretrained model and the random-init baseline "
                                "(or run only --baselines handcrafted --no-pretrained)")
-        from audiopg.model.encoder import Encoder
         from audiopg.model.checkpoint import resolve_encoder_path
+        from audiopg.model.encoder import Encoder
 
         path = resolve_encoder_path(checkpoint)
         sha = file_sha256(path)

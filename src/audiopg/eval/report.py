@@ -17,7 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from audiopg.core.config import atomic_write_bytes, atomic_write_text
+from audiopg.core.io import atomic_write_bytes, atomic_write_text
 
 __all__ = ["write_report", "markdown_report", "plot_confusion", "format_score"]
 

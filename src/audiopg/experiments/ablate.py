@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from audiopg.core.config import ConfigError, atomic_write_bytes, atomic_write_text
-from audiopg.core.errors import AudioPGError
+from audiopg.core.errors import AudioPGError, ConfigError
+from audiopg.core.io import atomic_write_bytes, atomic_write_text
 
 __all__ = [
     "FAMILY_OVERRIDES",
@@ -264,7 +264,8 @@ def _same_probe(path: Path, dataset, sha: str | None) -> dict | None:
 def _probe(dataset, out: Path, *, checkpoint: Path | None, device: str, batch_size: int, cache_dir,
            progress: bool, log: Callable[[str], None]) -> tuple[dict, bool]:
     """Probe the encoder of ``checkpoint`` (None: the handcrafted baseline); returns (model result, reused)."""
-    from audiopg.eval.probe import file_sha256, run_probe
+    from audiopg.core.io import file_sha256
+    from audiopg.eval.probe import run_probe
     from audiopg.model.checkpoint import resolve_encoder_path
 
     sha = None if checkpoint is None else file_sha256(resolve_encoder_path(checkpoint))
@@ -329,7 +330,13 @@ def run_ablation(
                                             overrides=overrides, device=device, progress=progress)
 
     # runs already in the folder must have been started with these settings
-    from audiopg.train.pretrain import CONFIG_FILE, ENCODER_FILE, STATE_FILE, check_resume_config, load_run_config
+    from audiopg.train.pretrain import (
+        CONFIG_FILE,
+        ENCODER_FILE,
+        STATE_FILE,
+        check_resume_config,
+        load_run_config,
+    )
 
     for (name, k), config in configs.items():
         run_dir = out / name / f"seed{k}"

@@ -25,8 +25,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from audiopg.core.config import file_mode
 from audiopg.core.errors import CheckpointError
+from audiopg.core.io import file_mode
 
 FORMAT_VERSION = 1
 METADATA_KEY = "audiopg"

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from audiopg.core.config import ConfigError, check_range
+from audiopg.core.config import check_range
+from audiopg.core.errors import ConfigError
 
 
 def _check_int(key: str, value: Any, low: int) -> None:

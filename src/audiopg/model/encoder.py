@@ -68,11 +68,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from audiopg.audio.io import PAD_NOISE_LEVEL, noise_floor, resample
-from audiopg.core.config import ConfigError, from_dict, to_dict
-from audiopg.core.errors import AudioPGError, CheckpointError
 from audiopg.audio.fbank import Fbank, FbankConfig, FbankStats, num_frames
-from audiopg.model.checkpoint import load_encoder_file, read_metadata, resolve_encoder_path
+from audiopg.audio.io import PAD_NOISE_LEVEL, noise_floor, resample
+from audiopg.core.config import from_dict, to_dict
+from audiopg.core.device import resolve_device
+from audiopg.core.errors import CheckpointError, ConfigError
+from audiopg.model.checkpoint import (
+    load_encoder_file,
+    read_metadata,
+    resolve_encoder_path,
+)
 from audiopg.model.config import ModelConfig
 from audiopg.model.vit import ViTEncoder
 
@@ -588,19 +593,6 @@ def _collect(cols: list[tuple[torch.Tensor, torch.Tensor]], stacked: bool) -> tu
     if stacked:
         return torch.stack(frames), torch.stack(stamps)
     return frames, stamps
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU.  An unknown device, or CUDA without CUDA, raises AudioPGError."""
-    if isinstance(device, str) and device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise AudioPGError(f"unknown device {device!r} ({err})") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AudioPGError(f"device {str(device)!r} requested but CUDA is not available (use 'cpu' or 'auto')")
-    return dev
 
 
 def _parse(cls: type, data: Any, key: str, where: str) -> Any:

@@ -11,8 +11,8 @@ from audiopg.synth.config import (
     list_presets,
     load_world_config,
 )
-from audiopg.synth.sources.basic import SOURCES, Source, register_source
 from audiopg.synth.sources import modal, strings, textures, voice  # noqa: F401  (register their source types)
+from audiopg.synth.sources.basic import SOURCES, Source, register_source
 from audiopg.synth.world import ClipBatch, Randomness, World
 
 __all__ = [

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from audiopg.core.config import (
-    ConfigError,
     check_interval,
     check_probability,
     check_range,
@@ -24,6 +23,7 @@ from audiopg.core.config import (
     read_mapping,
     to_dict,
 )
+from audiopg.core.errors import ConfigError
 
 PRESET_DIR = Path(__file__).parent / "presets"
 

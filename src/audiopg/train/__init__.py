@@ -3,8 +3,13 @@
 The loop itself is :func:`audiopg.train.pretrain.pretrain` (not re-exported here, so that
 ``audiopg.train.pretrain`` stays the module).
 """
-from audiopg.train.config import PRESET_DEFAULTS, PretrainConfig, build_pretrain_config, lr_at
-from audiopg.train.data import SynthSpectrograms, compute_fbank_stats, world_config_for_model
+from audiopg.core.schedule import lr_at
+from audiopg.train.config import PRESET_DEFAULTS, PretrainConfig, build_pretrain_config
+from audiopg.train.data import (
+    SynthSpectrograms,
+    compute_fbank_stats,
+    world_config_for_model,
+)
 
 __all__ = [
     "PRESET_DEFAULTS", "PretrainConfig", "SynthSpectrograms", "build_pretrain_config", "compute_fbank_stats",

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from audiopg.core.config import (
-    ConfigError,
     check_range,
     deep_update,
     from_dict,
@@ -33,13 +32,13 @@ from audiopg.core.config import (
     read_mapping,
     to_dict,
 )
+from audiopg.core.errors import ConfigError
 
 __all__ = [
     "PRESET_DEFAULTS",
     "PretrainConfig",
     "build_pretrain_config",
     "flatten_overrides",
-    "lr_at",
     "warmup_steps_for",
 ]
 
@@ -295,15 +294,3 @@ def warmup_steps_for(config: PretrainConfig, total_steps: int) -> int:
     if config.warmup_steps is not None:
         return min(config.warmup_steps, total_steps)
     return min(total_steps, int(round(config.warmup_fraction * total_steps)))
-
-
-def lr_at(step: int, peak: float, min_lr: float, warmup: int, total: int) -> float:
-    """Learning rate of 0-based ``step``: linear warm-up to ``peak`` over ``warmup`` steps
-    (step ``warmup - 1`` reaches it), then a cosine from ``peak`` to ``min_lr`` at the last step."""
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    decay_steps = total - warmup
-    if decay_steps <= 1:
-        return peak
-    progress = min(1.0, (step - warmup) / (decay_steps - 1))
-    return min_lr + (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))

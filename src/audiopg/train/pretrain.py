@@ -45,7 +45,6 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -54,12 +53,15 @@ from typing import Any, Callable
 
 import torch
 
-from audiopg.core.config import ConfigError, atomic_write_bytes, file_mode, to_dict, write_json
-from audiopg.core.errors import AudioPGError, CheckpointError
 from audiopg.audio.fbank import FbankStats
+from audiopg.core.config import to_dict, write_json
+from audiopg.core.device import DistInfo, setup_distributed
+from audiopg.core.errors import AudioPGError, CheckpointError, ConfigError
+from audiopg.core.io import atomic_write, atomic_write_bytes
+from audiopg.core.schedule import lr_at
 from audiopg.model import MaskedAutoencoder
 from audiopg.model.checkpoint import save_encoder
-from audiopg.train.config import RESUME_MAY_CHANGE, PretrainConfig, lr_at, warmup_steps_for
+from audiopg.train.config import RESUME_MAY_CHANGE, PretrainConfig, warmup_steps_for
 from audiopg.train.data import SynthSpectrograms, compute_fbank_stats
 
 __all__ = [
@@ -130,28 +132,6 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({model or platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-
-
 def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] | None:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
@@ -166,47 +146,6 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> tuple[str, Any, Any] 
 
 
 # ----------------------------------------------------------------------------- distributed
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def _env_int(name: str, default: int) -> int:
-    try:
-        return int(os.environ.get(name, default))
-    except ValueError:
-        return default
-
-
-def setup_device(requested: str) -> tuple[DistInfo, torch.device]:
-    """Pick the device and, under torchrun (``WORLD_SIZE`` > 1), join the process group."""
-    info = DistInfo(_env_int("RANK", 0), _env_int("WORLD_SIZE", 1), _env_int("LOCAL_RANK", 0))
-    if requested == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(requested)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device", f"{requested!r} asked for, but torch sees no CUDA device")
-        if device.index is None:
-            device = torch.device("cuda", info.local_rank if info.enabled else torch.cuda.current_device())
-        torch.cuda.set_device(device)
-    if info.enabled and not torch.distributed.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        torch.distributed.init_process_group(backend=backend, **({"device_id": device} if device.type == "cuda" else {}))
-    return info, device
-
-
 # ----------------------------------------------------------------------------- data prefetch
 class Prefetcher:
     """Draws batches with one generator, one batch ahead in a background thread (or inline).
@@ -443,7 +382,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _setup(self) -> None:
         cfg = self.config
-        self.dist, self.device = setup_device(cfg.device)
+        self.dist, self.device = setup_distributed(cfg.device)
         self.model_config = cfg.model_config()
         self.world_config = cfg.world_config(self.model_config)
         self.fbank_config = cfg.fbank_config(self.model_config, self.world_config)
@@ -509,7 +448,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "ranks": ranks,
         }
-        _atomic_torch_save(state, self.run_dir / STATE_FILE)
+        atomic_write(self.run_dir / STATE_FILE, lambda f: torch.save(state, f))
         self._last_save = time.monotonic()
 
     def _restore(self, state: dict) -> None:

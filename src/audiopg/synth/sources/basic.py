@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 
-from audiopg.core.config import ConfigError, check_interval, check_range
+from audiopg.core.config import check_interval, check_range
+from audiopg.core.errors import ConfigError
 
 if TYPE_CHECKING:
     from audiopg.synth.config import WorldConfig

@@ -45,8 +45,15 @@ from dataclasses import dataclass
 
 import torch
 
-from audiopg.core.config import ConfigError, check_interval, check_range
-from audiopg.synth.sources.basic import Source, _check_common, check_choices, choose, register_source
+from audiopg.core.config import check_interval, check_range
+from audiopg.core.errors import ConfigError
+from audiopg.synth.sources.basic import (
+    Source,
+    _check_common,
+    check_choices,
+    choose,
+    register_source,
+)
 
 DB60 = 3 * math.log(10)  # ln(1000)
 

@@ -41,8 +41,8 @@ from dataclasses import dataclass
 
 import torch
 
-from audiopg.core.config import ConfigError, check_interval, check_range
-from audiopg.synth.sources.modal import DB60, log_uniform, strike_train
+from audiopg.core.config import check_interval, check_range
+from audiopg.core.errors import ConfigError
 from audiopg.synth.sources.basic import (
     Source,
     _check_common,
@@ -52,6 +52,7 @@ from audiopg.synth.sources.basic import (
     quantize_frequency,
     register_source,
 )
+from audiopg.synth.sources.modal import DB60, log_uniform, strike_train
 
 STRING_EXCITATIONS = ("plucked", "bowed")
 

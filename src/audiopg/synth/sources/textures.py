@@ -34,9 +34,16 @@ from dataclasses import dataclass
 
 import torch
 
-from audiopg.core.config import ConfigError, check_interval
+from audiopg.core.config import check_interval
+from audiopg.core.errors import ConfigError
+from audiopg.synth.sources.basic import (
+    Source,
+    _check_common,
+    check_choices,
+    choose,
+    register_source,
+)
 from audiopg.synth.sources.modal import log_uniform
-from audiopg.synth.sources.basic import Source, _check_common, check_choices, choose, register_source
 
 MOD_SHAPES = ("sine", "random")
 

@@ -45,9 +45,10 @@ from dataclasses import dataclass
 
 import torch
 
-from audiopg.core.config import ConfigError, check_interval, check_probability, check_range
-from audiopg.synth.sources.modal import log_uniform
+from audiopg.core.config import check_interval, check_probability, check_range
+from audiopg.core.errors import ConfigError
 from audiopg.synth.sources.basic import Source, _check_common, register_source
+from audiopg.synth.sources.modal import log_uniform
 
 # Peterson & Barney (1952), adult male averages: F1, F2, F3 in Hz (ARPAbet names)
 VOWEL_FORMANTS: dict[str, tuple[float, float, float]] = {
