@@ -2,7 +2,7 @@
 
 * pipeline: clips synthesized by the world, log-mel on the same device, normalized,
   then one training step (forward, backward, grad clipping, AdamW) -- the trainer's
-  code path (:class:`~audiopg.train.pretrain.Prefetcher` + :class:`StepRunner`,
+  code path (:class:`~audiopg.train.prefetch.Prefetcher` + :class:`~audiopg.train.step.StepRunner`,
   with its per-step loss read-back).
 * model: the same training step on one pre-made batch (masks are still drawn).
 
@@ -31,17 +31,12 @@ from pathlib import Path
 import torch
 
 from audiopg.audio.fbank import FbankStats
+from audiopg.core.device import DistInfo, setup_distributed
 from audiopg.train.config import build_pretrain_config
 from audiopg.train.data import SynthSpectrograms
-from audiopg.train.pretrain import (
-    DistInfo,
-    Prefetcher,
-    StepRunner,
-    build_model,
-    build_optimizer,
-    device_name,
-    setup_device,
-)
+from audiopg.train.prefetch import Prefetcher
+from audiopg.train.run_dir import device_name
+from audiopg.train.step import StepRunner, build_model, build_optimizer
 
 
 def sync(device: torch.device) -> None:
@@ -54,7 +49,7 @@ def measure(args: argparse.Namespace) -> dict:
     flags = {"preset": args.preset, "batch_size": args.batch_size, "steps": 1, "device": args.device,
              "compile": True if args.compile else None}
     config = build_pretrain_config(None, args.set, flags)
-    _, device = setup_device(config.device)
+    _, device = setup_distributed(config.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     model_cfg = config.model_config()

@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 from audiopg.core.device import set_torch_threads
-from audiopg.eval.datasets import load_dataset
+from audiopg.eval.datasets import default_data_root, load_dataset
 from audiopg.eval.probe import run_probe
 from audiopg.eval.report import format_score
 
@@ -40,16 +39,11 @@ TASKS = (
 )
 
 
-def default_data() -> Path:
-    env = os.environ.get("AUDIOPG_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, help="run folder or encoder.safetensors")
     p.add_argument("--handcrafted-only", action="store_true", help="run only the handcrafted baseline")
-    p.add_argument("--data", type=Path, default=default_data(), help="shared data folder (default: %(default)s)")
+    p.add_argument("--data", type=Path, default=default_data_root(), help="shared data folder (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("transfer_cpu_results"), help="output folder")
     p.add_argument("--tasks", default=",".join(t[0] for t in TASKS), help="comma-separated subset of the tasks")
     p.add_argument("--layer", type=int, default=-1)

@@ -7,21 +7,18 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from audiopg.analysis.decoding import (
-    analyze_layers,
+from audiopg.analysis.decoding import group_folds, logistic_cv, ridge_cv, transfer_probe
+from audiopg.analysis.directions import (
     angle_deg,
-    group_folds,
-    logistic_cv,
-    mutual_information,
     pairwise_angles,
     principal_angles_deg,
     probe_directions,
     random_angle_chance,
     random_subspace_chance,
     rank_features,
-    ridge_cv,
-    transfer_probe,
 )
+from audiopg.analysis.mi import mutual_information
+from audiopg.analysis.report import analyze_layers
 
 
 def _plant(n=300, D=48, directions=None, scale=3.0, noise=1.0, seed=0):
@@ -246,7 +243,7 @@ def test_transfer_probe_recovers_a_shared_direction():
 # ----------------------------------------------------------------------------- all layers
 def test_analyze_layers_on_planted_probe_sets():
     rng = np.random.default_rng(0)
-    D, L = 32, 2
+    D = 32
     basis = np.linalg.qr(rng.standard_normal((D, D)))[0]
     n = 200
     a, b = rng.standard_normal(n), rng.standard_normal(n)

@@ -23,7 +23,7 @@ from audiopg.eval.datasets import (
     load_scv2,
     load_us8k,
 )
-from audiopg.eval.probe import HandcraftedFeatures, extract_features
+from audiopg.eval.features import HandcraftedFeatures, extract_features
 
 SHARED = Path(os.environ.get("AUDIOPG_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 

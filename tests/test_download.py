@@ -20,7 +20,7 @@ import zipfile
 import pytest
 
 from audiopg.eval.download import (
-    SOURCES,
+    DOWNLOADS,
     DatasetSource,
     DownloadError,
     Remote,
@@ -113,7 +113,7 @@ def test_offline_dataset_command_fails_with_the_url(tmp_path, capsys):
     from audiopg.cli import eval as eval_cli
 
     port = closed_port()
-    src = SOURCES["fsdd"]
+    src = DOWNLOADS["fsdd"]
     local = {"fsdd": DatasetSource(src.name, src.title, (Remote(f"http://127.0.0.1:{port}/fsdd.zip", "fsdd.zip"),),
                                    (("fsdd.zip",),), "", src.marker, src.data_root)}
     with pytest.raises(DownloadError, match=f"127.0.0.1:{port}/fsdd.zip"):
@@ -127,13 +127,13 @@ def test_offline_dataset_command_fails_with_the_url(tmp_path, capsys):
 
 
 def test_official_sources_are_complete():
-    assert set(SOURCES) == {"esc50", "us8k", "scv2", "fsd50k", "fsdd"}
-    fsd = SOURCES["fsd50k"]
+    assert set(DOWNLOADS) == {"esc50", "us8k", "scv2", "fsd50k", "fsdd"}
+    fsd = DOWNLOADS["fsd50k"]
     assert all(r.md5 and len(r.md5) == 32 for r in fsd.remotes)
     names = {r.filename for r in fsd.remotes}
     assert {f for a in fsd.archives for f in a} == names
-    assert SOURCES["scv2"].remotes[0].url.endswith("speech_commands_v0.02.tar.gz")
-    assert all(r.url.startswith("https://") for s in SOURCES.values() for r in s.remotes)
+    assert DOWNLOADS["scv2"].remotes[0].url.endswith("speech_commands_v0.02.tar.gz")
+    assert all(r.url.startswith("https://") for s in DOWNLOADS.values() for r in s.remotes)
 
 
 # ----------------------------------------------------------------------------- fetching
@@ -198,7 +198,7 @@ def test_dataset_download_extracts_and_checks_layout(tmp_path, server):
         z.writestr("free-spoken-digit-dataset-master/recordings/0_theo_0.wav", b"RIFF....")
         z.writestr("free-spoken-digit-dataset-master/README.md", b"fsdd")
     handler.files["/fsdd.zip"] = buf.getvalue()
-    src = SOURCES["fsdd"]
+    src = DOWNLOADS["fsdd"]
     local = {"fsdd": DatasetSource(src.name, src.title, (Remote(f"{base}/fsdd.zip", "fsdd.zip"),), (("fsdd.zip",),),
                                    "", src.marker, src.data_root)}
     root = download_dataset("fsdd", tmp_path, sources=local, progress=False, log=quiet)

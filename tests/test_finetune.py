@@ -14,13 +14,13 @@ import torch
 
 from audiopg.core.config import to_dict
 from audiopg.core.errors import ConfigError
+from audiopg.core.schedule import lr_at
 from audiopg.eval.datasets import load_dataset
 from audiopg.eval.finetune import (
     FinetuneModel,
     Recipe,
     list_recipes,
     load_recipe,
-    lr_at,
     patch_keep_ids,
     run_finetune,
     spec_augment,
@@ -84,12 +84,13 @@ def test_recipe_errors_name_the_key(tmp_path):
 
 
 def test_lr_schedule_warmup_then_cosine():
-    total, warm, peak, floor = 100, 10, 1e-3, 1e-5
-    lrs = [lr_at(s, total, warm, peak, floor) for s in range(total)]
+    # fine-tuning uses the shared schedule (audiopg.core.schedule): min_lr is reached at the last step
+    total, warm, peak, min_lr = 101, 10, 1e-3, 1e-5
+    lrs = [lr_at(s, peak, min_lr, warm, total) for s in range(total)]
     assert lrs[0] == pytest.approx(peak / 10) and lrs[9] == pytest.approx(peak)
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
-    assert lr_at(total, total, warm, peak, floor) == pytest.approx(floor)
-    assert lr_at(55, total, warm, peak, floor) == pytest.approx(floor + (peak - floor) * 0.5)
+    assert lrs[-1] == pytest.approx(min_lr)
+    assert lrs[55] == pytest.approx(min_lr + (peak - min_lr) * 0.5)
 
 
 def test_spec_augment_and_patch_masking():

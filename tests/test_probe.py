@@ -13,10 +13,9 @@ import torch
 from audiopg.core.config import to_dict
 from audiopg.core.errors import AudioFileError, AudioPGError, ConfigError
 from audiopg.eval.datasets import Dataset, GroupCV, Item, Split, load_dataset
+from audiopg.eval.features import FeatureCache, HandcraftedFeatures
 from audiopg.eval.probe import (
     C_GRID,
-    FeatureCache,
-    HandcraftedFeatures,
     _inner_cv,
     fit_probe,
     parse_baselines,

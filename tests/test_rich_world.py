@@ -12,10 +12,10 @@ import torch
 
 from audiopg.core.errors import ConfigError
 from audiopg.synth import SOURCES, World, load_world_config
+from audiopg.synth.rng import Randomness
 from audiopg.synth.room import room_impulse_response, schroeder_rt60
 from audiopg.synth.sources.modal import strike_train
 from audiopg.synth.sources.strings import partial_t60
-from audiopg.synth.world import Randomness
 
 SR = 16000
 NEW_SOURCES = ("voice", "modal", "string", "granular", "modulated_noise", "glide")

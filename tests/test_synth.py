@@ -11,8 +11,9 @@ import torch
 
 from audiopg.core.errors import ConfigError
 from audiopg.synth import SOURCES, Source, World, load_world_config, register_source
-from audiopg.synth.sources.basic import PULSE_SHAPES
-from audiopg.synth.world import Randomness, butterworth2_response
+from audiopg.synth.render import butterworth2_response, place_partials
+from audiopg.synth.rng import Randomness
+from audiopg.synth.sources.basic import PULSE_SHAPES, bessel_j
 
 SR = 16000
 
@@ -153,8 +154,6 @@ def test_pulses_are_band_limited(shape):
     cfg = load_world_config("paper").sources["pulse"]
     factors = {"f0": torch.tensor([f0]), "pulse_shape": torch.tensor([PULSE_SHAPES.index(shape)]),
                "pulse_phase": torch.tensor([0.3])}
-    from audiopg.synth.sources.basic import place_partials
-
     spec = torch.zeros(1, n // 2 + 1, dtype=torch.complex64)
     place_partials(spec, torch.tensor([0]), src.render(cfg, factors, n, SR, None), n, SR)
     ours = torch.fft.irfft(spec, n=n)[0].double().numpy()
@@ -400,8 +399,6 @@ def test_cuda_matches_shapes_and_determinism():
 
 def test_bessel_functions_match_scipy():
     special = pytest.importorskip("scipy.special")
-    from audiopg.synth.sources.basic import bessel_j
-
     x = torch.tensor([0.0, 1e-3, 0.5, 2.405, 5.0, 8.0, 20.0], dtype=torch.float64)
     ours = bessel_j(x, 20).numpy()
     ref = special.jv(np.arange(21)[None, :], x.numpy()[:, None])
@@ -415,8 +412,6 @@ def test_fm_is_band_limited_and_matches_the_time_domain_formula():
     src = SOURCES["fm"]
     cfg = load_world_config("paper").sources["fm"]
     factors = {k: v for k, v in x.factors.items()}
-    from audiopg.synth.sources.basic import place_partials
-
     spec = torch.zeros(1, SR // 2 + 1, dtype=torch.complex64)
     place_partials(spec, torch.tensor([0]), src.render(cfg, factors, SR, SR, None), SR, SR)
     ours = torch.fft.irfft(spec, n=SR)[0].double().numpy()

@@ -26,7 +26,13 @@ from audiopg.model.checkpoint import load_encoder_file
 from audiopg.synth import World
 from audiopg.train.config import PretrainConfig, build_pretrain_config, warmup_steps_for
 from audiopg.train.data import SynthSpectrograms, compute_fbank_stats
-from audiopg.train.pretrain import NonFiniteLoss, derive_seed, load_state, pretrain
+from audiopg.train.pretrain import NonFiniteLoss, pretrain
+from audiopg.train.run_dir import (
+    check_resume_config,
+    derive_seed,
+    load_run_config,
+    load_state,
+)
 
 torch.set_num_threads(2)
 
@@ -360,8 +366,6 @@ def test_cli_rejects_bad_settings_in_one_line(tmp_path, capsys, reference_run):
 def test_resume_may_change_device_and_progress_only(tmp_path, reference_run):
     saved = json.loads((reference_run / "config.json").read_text())["train"]
     ok = build_pretrain_config(None, ["save_every_minutes=1"], {"device": "cpu", "progress": True}, base=saved)
-    from audiopg.train.pretrain import check_resume_config, load_run_config
-
     check_resume_config(load_run_config(reference_run)[0], ok)
     with pytest.raises(CheckpointError, match="seed: differs"):
         check_resume_config(load_run_config(reference_run)[0], build_pretrain_config(None, [], {"seed": 1}, base=saved))

@@ -1,0 +1,1 @@
+"""What an encoder learned about the world's factors: probe sets, decoding, directions, MI (docs/analysis.md)."""

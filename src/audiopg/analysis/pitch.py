@@ -1,31 +1,20 @@
-"""A YIN pitch tracker in numpy, and the choice of stable voiced segments of real recordings.
+"""A YIN pitch tracker in numpy (de Cheveigné & Kawahara, 2002), and stable voiced segments of recordings.
 
-YIN (de Cheveigné & Kawahara, 2002), frame by frame:
-
-1. difference function ``d(tau) = sum_{j < W} (x_j - x_{j + tau})^2`` for lags
-   ``0 <= tau <= tau_max``, computed for all frames at once from two energy
-   terms (cumulative sums) and one cross-correlation (FFT);
-2. cumulative mean normalized difference ``d'(0) = 1``,
-   ``d'(tau) = d(tau) tau / sum_{1 <= j <= tau} d(j)``;
-3. absolute threshold: the first lag in ``[tau_min, tau_max]`` where ``d'``
-   dips below ``threshold``, followed down to its local minimum; when ``d'``
-   never dips below it, the global minimum (the frame is then unvoiced);
-4. parabolic interpolation of ``d'`` around that lag, ``f0 = sr / tau``.
-
-A frame is *voiced* when ``d'`` at its lag is below ``threshold`` and its RMS
-is within ``energy_db`` of the loudest frame of the signal.
-
-:func:`stable_segments` cuts recordings into segments whose every frame is
-voiced and whose pitch stays within ``max_semitones`` of the segment's
-median: the real-audio f0 check of ``audiopg analyze`` uses them.
+:func:`yin` follows the paper's four steps (difference function, cumulative mean normalized difference, absolute
+threshold, parabolic interpolation); :func:`stable_segments` and :func:`voiced_clips` cut recordings into
+stretches of steady pitch, the real clips of the f0 check (docs/analysis.md).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 import numpy as np
 
-__all__ = ["PitchTrack", "yin", "stable_segments", "Segment"]
+from audiopg.audio.io import load_audio
+from audiopg.core.errors import AudioFileError
+
+__all__ = ["PitchTrack", "yin", "stable_segments", "Segment", "RealClip", "voiced_clips"]
 
 
 @dataclass
@@ -126,7 +115,10 @@ def yin(
     threshold: float = 0.15,
     energy_db: float = -40.0,
 ) -> PitchTrack:
-    """Track the pitch of a mono signal ``x`` with YIN (see the module docstring).
+    """Track the pitch of a mono signal ``x`` with YIN.
+
+    A frame is *voiced* when ``d'`` at its lag is below ``threshold`` and its RMS is within ``energy_db`` of the
+    loudest frame of the signal.
 
     ``frame_seconds`` is the integration window W (default: two periods of
     ``fmin``, at least 25 ms); each frame reads ``W + sr / fmin`` samples.
@@ -230,7 +222,7 @@ class RealClip:
 
 
 def voiced_clips(
-    files,
+    files: Iterable,
     sample_rate: int = 16000,
     *,
     seconds: float = 0.5,
@@ -239,17 +231,13 @@ def voiced_clips(
     fmin: float = 60.0,
     fmax: float = 500.0,
     threshold: float = 0.15,
-    loader=None,
+    loader: Callable = load_audio,
 ) -> tuple[list[RealClip], dict[str, int]]:
     """From each file its longest stable voiced segment (see :func:`stable_segments`), up to ``seconds``.
 
-    ``loader(path, sample_rate) -> 1-D float array`` (default :func:`audiopg.audio.io.load_audio`).  Returns
-    the clips and counts (files read, unreadable, without a segment).
+    ``loader(path, sample_rate) -> 1-D float array``.  Returns the clips and counts (files read, unreadable,
+    without a segment).
     """
-    if loader is None:
-        from audiopg.audio.io import load_audio as loader
-    from audiopg.core.errors import AudioFileError
-
     clips: list[RealClip] = []
     counts = {"files": 0, "unreadable": 0, "no_segment": 0}
     for path in files:

@@ -1,47 +1,9 @@
-"""Probe sets drawn from the procedural world, with their known factors as targets.
+"""Probe sets drawn from the procedural world, with its ground-truth factors as targets.
 
-A :class:`ProbeSet` is audio (one clip per row, as long as the encoder's
-window), the targets to decode from its embeddings, and a *group* per clip:
-clips of one group must never sit on both sides of a train/test split.
-
-* ``random``: every factor varies (independent draws of the world); each clip
-  is its own group.
-* sweeps (``sweep_<factor>``): ``bases`` base clips, each drawn once with
-  ``World.sweep`` (every other factor, and every noise the renderer draws,
-  shared), with one factor set to ``points`` values in turn.  The group is
-  the base clip.  Only the varied factor is a target of a sweep.
-
-Targets (``TARGETS``), all from the world's ground truth, NaN where a factor
-does not apply to a clip (categorical: -1):
-
-================  ==========  ==================================================================
-``log2_f0``       continuous  log2 of the fundamental / FM carrier in Hz (harmonic, fm, pulse)
-``event_level_db``continuous  level of the quietest event relative to the loudest, dB, as the world
-                              measures it on the rendered events (clips with 2+ events)
-``snr_db``        continuous  signal-to-background-noise ratio, dB (measured)
-``level_db``      continuous  absolute clip level, RMS in dBFS, only in the ``level`` sweep, rendered
-                              with peak normalization switched off (and embedded without it)
-``fm_index``      continuous  FM modulation index (fm clips)
-``log2_cutoff``   continuous  log2 of the low-pass cutoff in Hz (low-passed clips)
-``event_count``   continuous  number of events
-``source``        categorical source type
-``pulse_shape``   categorical pulse waveform (pulse clips)
-``noise_colour``  categorical noise colour (noise clips)
-================  ==========  ==================================================================
-
-Sweeps and their values (``points`` of each, the world's own ranges where it has them):
-
-* ``f0``: log-spaced 50-2000 Hz; base clips cycle through harmonic, fm and pulse.
-* ``event_level``: two events, the first at 0 dB and the second at ``v`` dB,
-  ``v`` linear over the world's event-level range (e.g. -20..0 dB).
-* ``snr``: background noise std log-spaced over the world's range.
-* ``level``: signal peak linear over -30..0 dBFS with peak normalization off;
-  the background noise is scaled with the signal, so the SNR is held fixed and
-  only the absolute level changes.
-* ``fm_index``: fm clips, index linear over the world's range.
-* ``cutoff``: low-pass cutoff log-spaced over the world's range.
-* ``event_count``: 1 .. the world's maximum.
-* ``source``: every enabled source type.
+A :class:`ProbeSet` is audio (one clip per row, as long as the encoder's window), the targets to decode and a
+group per clip (clips of one group never straddle a split): the ``random`` set (every factor varies) and one
+sweep per factor (base clips drawn once, one factor set to a grid of values in turn).  Every range comes from the
+encoder's own world config.  Targets and sweeps are listed in docs/analysis.md.
 """
 from __future__ import annotations
 
@@ -53,12 +15,10 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from audiopg.synth.config import WorldConfig
-from audiopg.synth.sources.basic import SOURCES
-from audiopg.synth.world import World
+from audiopg.synth import SOURCES, World, WorldConfig, load_world_config
 
-__all__ = ["ProbeSet", "TARGETS", "SWEEPS", "make_probe_sets", "make_random_set", "make_sweep",
-           "targets_from_factors", "world_config_for_encoder"]
+__all__ = ["ProbeSet", "TARGETS", "SWEEPS", "make_probe_sets", "make_random_set", "make_sweep", "sweep_available",
+           "sweep_values", "f0_range", "targets_from_factors", "world_config_for_encoder"]
 
 CONTINUOUS = ("log2_f0", "event_level_db", "snr_db", "level_db", "fm_index", "log2_cutoff", "event_count")
 CATEGORICAL = ("source", "pulse_shape", "noise_colour")
@@ -76,9 +36,7 @@ SWEEPS: dict[str, str] = {
     "source": "source",
 }
 
-LEVEL_RANGE_DB = (-30.0, 0.0)  # signal peak of the absolute-level sweep, dBFS
-F0_RANGE_HZ = (50.0, 2000.0)
-TONAL = ("harmonic", "fm", "pulse")
+LEVEL_RANGE_DB = (-30.0, 0.0)  # signal peak of the absolute-level sweep, dBFS (the world's peak is normalized)
 
 
 @dataclass
@@ -114,9 +72,10 @@ class ProbeSet:
         for name, y in self.targets.items():
             m = self.valid(name)
             if TARGETS[name] == "categorical":
-                counts = np.bincount(y[m].astype(int), minlength=len(self.classes.get(name, ()))) if m.any() else []
+                classes = self.classes.get(name, ())
+                counts = np.bincount(y[m].astype(int), minlength=len(classes)) if m.any() else []
                 out["targets"][name] = {"clips": int(m.sum()),
-                                        "counts": {self.classes[name][i] if i < len(self.classes.get(name, ())) else str(i): int(c)
+                                        "counts": {classes[i] if i < len(classes) else str(i): int(c)
                                                    for i, c in enumerate(counts)}}
             else:
                 out["targets"][name] = {"clips": int(m.sum()),
@@ -130,8 +89,6 @@ def world_config_for_encoder(world: Mapping[str, Any] | WorldConfig | None, seco
                              sample_rate: int | None = None) -> WorldConfig:
     """The encoder's training world (its metadata dict, or the ``paper`` preset when absent) with
     clips of ``seconds`` at the encoder's rate."""
-    from audiopg.synth.config import load_world_config
-
     if isinstance(world, WorldConfig):
         cfg = world
     elif world:
@@ -155,7 +112,7 @@ def _category_names(cfg: WorldConfig) -> dict[str, tuple[str, ...]]:
 
 def targets_from_factors(factors: Mapping[str, torch.Tensor], cfg: WorldConfig,
                          absolute_level: bool = False) -> dict[str, np.ndarray]:
-    """The ``TARGETS`` of a batch from its ground-truth factors (see the module docstring)."""
+    """The ``TARGETS`` of a batch from its ground-truth factors (see docs/analysis.md)."""
     f = {k: v.detach().cpu() for k, v in factors.items()}
     n = len(f["source"])
     out: dict[str, np.ndarray] = {}
@@ -209,10 +166,21 @@ def _enabled(cfg: WorldConfig) -> list[str]:
     return [name for name, s in cfg.sources.items() if s.enabled and s.weight > 0]
 
 
+def _tonal(cfg: WorldConfig) -> list[str]:
+    """Enabled sources whose ``f0`` is the pitch of a periodic tone, in the world's order."""
+    return [name for name in _enabled(cfg) if SOURCES[name].tonal]
+
+
+def f0_range(cfg: WorldConfig) -> tuple[float, float]:
+    """The world's f0 range: lowest to highest f0 of its enabled tonal sources' configs, Hz."""
+    ranges = [cfg.sources[name].f0 for name in _tonal(cfg)]
+    return float(min(lo for lo, _ in ranges)), float(max(hi for _, hi in ranges))
+
+
 def sweep_values(name: str, cfg: WorldConfig, points: int) -> np.ndarray:
     """The values a sweep sets (before any per-clip adjustment)."""
     if name == "f0":
-        lo, hi = F0_RANGE_HZ
+        lo, hi = f0_range(cfg)
         hi = min(hi, 0.45 * cfg.sample_rate)
         return np.geomspace(lo, hi, points)
     if name == "event_level":
@@ -238,8 +206,8 @@ def sweep_values(name: str, cfg: WorldConfig, points: int) -> np.ndarray:
 def sweep_available(name: str, cfg: WorldConfig) -> str | None:
     """None when the world supports the sweep, else why not."""
     enabled = _enabled(cfg)
-    if name == "f0" and not any(s in enabled for s in TONAL):
-        return "no tonal source (harmonic, fm, pulse) is enabled"
+    if name == "f0" and not _tonal(cfg):
+        return "no tonal source (" + ", ".join(n for n, s in SOURCES.items() if s.tonal) + ") is enabled"
     if name == "fm_index" and "fm" not in enabled:
         return "the fm source is not enabled"
     if name == "snr" and not cfg.background.enabled:
@@ -255,14 +223,14 @@ def sweep_available(name: str, cfg: WorldConfig) -> str | None:
 
 def make_sweep(name: str, cfg: WorldConfig, bases: int, points: int, seed: int,
                device: str | torch.device = "cpu") -> ProbeSet:
-    """``bases`` base clips x the sweep's values (see the module docstring)."""
+    """``bases`` base clips x the sweep's values (see docs/analysis.md)."""
     why = sweep_available(name, cfg)
     if why:
         raise ValueError(f"sweep {name!r} is not possible in this world: {why}")
     target = SWEEPS[name]
     values = sweep_values(name, cfg, points)
     enabled = _enabled(cfg)
-    tonal = [s for s in TONAL if s in enabled]
+    tonal = _tonal(cfg)
     rng = np.random.default_rng([int(seed), 7919])
     world_cfg = cfg
     if name == "level":
@@ -293,8 +261,8 @@ def make_sweep(name: str, cfg: WorldConfig, bases: int, points: int, seed: int,
             vals = values.astype(np.int64)
         dtype = torch.int64 if name in ("source", "event_count") else torch.float32
         seed_b = int(rng.integers(0, 2**31 - 1))
-        batch = world.sweep(factor, torch.as_tensor(vals, dtype=dtype), seed=seed_b,
-                            fixed={k: (v.to(world.device) if isinstance(v, torch.Tensor) else v) for k, v in fixed.items()})
+        fixed = {k: (v.to(world.device) if isinstance(v, torch.Tensor) else v) for k, v in fixed.items()}
+        batch = world.sweep(factor, torch.as_tensor(vals, dtype=dtype), seed=seed_b, fixed=fixed)
         audio.append(batch.audio.float().cpu())
         t = targets_from_factors(batch.factors, world_cfg, absolute_level=(name == "level"))
         targets.append({target: t[target]})
@@ -331,7 +299,9 @@ def make_probe_sets(cfg: WorldConfig, *, clips: int = 512, bases: int = 8, point
             skipped[name] = why
             continue
         n_bases = bases
-        if name == "f0":
-            n_bases = max(bases, 3 * ((bases + 2) // 3)) if len([s for s in TONAL if s in _enabled(cfg)]) > 1 else bases
-        sets.append(make_sweep(name, cfg, n_bases, f0_points if name == "f0" else points, seed * 1000 + 17 * (i + 1), device))
+        if name == "f0":  # as many base clips of every tonal source
+            n_tonal = len(_tonal(cfg))
+            n_bases = n_tonal * -(-bases // n_tonal)
+        sets.append(make_sweep(name, cfg, n_bases, f0_points if name == "f0" else points, seed * 1000 + 17 * (i + 1),
+                               device))
     return sets, skipped

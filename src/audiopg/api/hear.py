@@ -1,31 +1,6 @@
 """The HEAR 2021 common API for AudioPG encoders.
 
-    >>> from audiopg.api import hear
-    >>> model = hear.load_model("runs/paper-tiny")              # run folder, model folder or encoder.safetensors
-    >>> scene = hear.get_scene_embeddings(audio, model)          # audio: (n_sounds, n_samples) at model.sample_rate
-    >>> emb, ts = hear.get_timestamp_embeddings(audio, model)    # (n, T, D), (n, T) in ms
-
-``load_model`` returns a ``torch.nn.Module`` with the attributes ``sample_rate``,
-``scene_embedding_size`` and ``timestamp_embedding_size``; ``.to(device)``
-moves it (as the HEAR validator does).  Outputs are float32 on the audio's
-device.
-
-Scene embeddings: :meth:`audiopg.Encoder.embed` (mean-pooled final layer by
-default; clips shorter than the training window are padded with the
-training world's quietest noise floor, -60 dBFS for the paper world, and
-pooled over the columns holding signal; longer ones are averaged over
-half-overlapping windows).
-
-Timestamp embeddings: the encoder's time patches are 160 ms long, too coarse
-for HEAR's 50 ms hop.  The encoder therefore runs on 4 copies of the input
-shifted by 0, 40, 80 and 120 ms; every patch column gives one embedding (the
-mean of its tokens over the frequency patches) and interleaving the copies
-gives one embedding every 40 ms, stamped at the centre of the column's span.
-The clip is padded with 80 ms of noise floor in front (and at the end), so
-the timestamps run from 7.5 ms in steps of 40 ms up to the end of the clip.  This costs 4 encoder passes
-over the clip -- 4 times the work of its scene embedding (on audio longer than
-a window, each pass covers it with half-overlapping windows, like the scene
-embedding).  See :mod:`audiopg.model.encoder` for details.
+docs/encoder.md ("The HEAR 2021 interface") has the details.
 """
 from __future__ import annotations
 
@@ -47,7 +22,7 @@ class HearModel(nn.Module):
     def __init__(self, encoder: Encoder, *, layer: int = -1, pool: str = "mean", batch_size: int = 32,
                  timestamp_hop_ms: float = 50.0):
         super().__init__()
-        encoder._check_layer_pool(layer, pool)
+        encoder.check_layer_pool(layer, pool)
         if layer == "all":
             raise ValueError("the HEAR API needs a single layer (an int), not 'all'")
         self.encoder = encoder

@@ -14,7 +14,12 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from audiopg.audio.fbank import FbankConfig
+from audiopg.core.config import from_dict, to_dict
 from audiopg.core.io import atomic_write_text
+from audiopg.model.config import MODEL_PRESETS, ModelConfig
+from audiopg.model.vit import ViTEncoder
+from audiopg.synth.config import list_presets, load_world_config
 
 __all__ = ["model_card_text", "write_model_card", "load_results"]
 
@@ -111,8 +116,6 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]
 # ----------------------------------------------------------------------------- facts from metadata
 def _model_facts(model: Mapping[str, Any]) -> tuple[str, int | None]:
     """(preset name or 'custom', encoder parameter count or None)."""
-    from audiopg.core.config import from_dict, to_dict
-    from audiopg.model.config import MODEL_PRESETS, ModelConfig
 
     preset = "custom"
     for name, cfg in MODEL_PRESETS.items():
@@ -124,7 +127,6 @@ def _model_facts(model: Mapping[str, Any]) -> tuple[str, int | None]:
     try:
         import torch
 
-        from audiopg.model.vit import ViTEncoder
 
         config = from_dict(ModelConfig, model)
         with torch.device("meta"):
@@ -137,8 +139,6 @@ def _model_facts(model: Mapping[str, Any]) -> tuple[str, int | None]:
 def _high_freq(fbank: Mapping[str, Any]) -> str:
     """The upper mel edge in Hz, resolving Kaldi's "<= 0 is an offset from Nyquist" convention."""
     try:
-        from audiopg.audio.fbank import FbankConfig
-        from audiopg.core.config import from_dict
 
         high = float(from_dict(FbankConfig, fbank).effective_high_freq)
         return _fmt(int(high) if high.is_integer() else high)
@@ -148,7 +148,6 @@ def _high_freq(fbank: Mapping[str, Any]) -> str:
 
 def _world_preset(world: Mapping[str, Any]) -> str:
     try:
-        from audiopg.synth.config import list_presets, load_world_config
 
         for name in list_presets():
             if load_world_config(name).to_dict() == dict(world):

@@ -1,30 +1,6 @@
 """Kaldi-compatible log-mel filterbank features in pure torch (batched, any device).
 
-The computation follows Kaldi's ``compute-fbank-feats`` with these settings:
-snip_edges=True (``1 + (N - window) // shift`` frames), no dither, DC offset
-removed per frame, pre-emphasis ``x[i] -= p * x[i-1]`` (and ``x[0] -= p * x[0]``),
-Kaldi's "hanning" window ``0.5 - 0.5 cos(2 pi i / (L - 1))``, zero padding to the
-next power of two for the FFT, power spectrum, Kaldi triangular mel banks
-(``mel = 1127 ln(1 + f / 700)``, triangles evenly spaced in mel between
-``low_freq`` and ``high_freq``, no VTLN), no energy column, and
-``log(max(x, eps))`` with ``eps`` = float32 machine epsilon.
-
-Scaling: waveforms are float tensors in [-1, 1] and are used as given, NOT
-multiplied by 32768 to Kaldi's int16 scale.  This is what AudioMAE's published
-code does with torchaudio waveforms, so our values equal (to float32 rounding)
-``torchaudio.compliance.kaldi.fbank(x, window_type="hanning", dither=0.0, ...)``
-on the same float tensor ``x``.  (Feeding int16-scale samples would shift every
-non-floored value by ``2 ln(32768) ~= 20.8``.)
-
-Empty banks: Kaldi refuses settings where a mel triangle is narrower than an FFT
-bin and so covers no bin centre (e.g. 128 mel bins with a 512-point FFT at
-16 kHz: the lowest triangles fall between bins).  Like torchaudio's Kaldi port
-(``get_mel_banks``), we build the banks anyway; such a bank has all-zero
-weights, its energy is 0 and its output is the log floor ``log(eps)`` in every
-frame.
-
-Normalisation statistics (:class:`FbankStats`) are computed elsewhere from the
-synthetic world; nothing here hard-codes dataset numbers.
+docs/features.md ("The Kaldi log-mel filterbank") has the details.
 """
 from __future__ import annotations
 

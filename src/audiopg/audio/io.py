@@ -1,38 +1,6 @@
 """Reading real audio files and fitting clips to a length.
 
-* :func:`load_audio` reads any file libsndfile can (WAV, FLAC, OGG/Vorbis,
-  Opus, MP3, AIFF, ...), mixes it to mono and resamples it with soxr.  A file
-  that is missing, unreadable, corrupt, empty (0 samples) or that contains NaN
-  or infinite samples raises :class:`~audiopg.core.errors.AudioFileError` naming the
-  file and the problem -- never a silent array of zeros.
-* :func:`resample` converts the sample rate of one clip or a batch (time on the
-  last axis) with soxr.
-* :func:`fit_length` crops, pads or repeats clips to a fixed number of samples.
-
-Padding uses a noise floor, not digital zeros
----------------------------------------------
-Digital silence gives log-mel values at the log floor ``log(eps)`` (about
--15.9), a level the synthetic world never produces: its clips always carry
-white background noise.  Zero padding therefore shows the encoder a large,
-meaningless, out-of-distribution region -- and real clips are often short
-(spoken digits average 0.44 s, so most of a 2.56 s input would be padding).
-A prototype found that zero padding hurt transfer.  We pad instead with
-Gaussian white noise of standard deviation :data:`PAD_NOISE_LEVEL` = 1e-3 of
-full scale (-60 dBFS RMS), drawn from a fixed seed so results are
-reproducible; the same padding is drawn for every clip of a batch whatever
-its position (embedding a batch equals embedding its clips one by one).
-``noise_level=0`` gives digital zeros if you really want them.
-
-Why 1e-3 and not lower: features are computed on [-1, 1] samples, so the
-log floor corresponds to a power of float32 eps (1.2e-7) per mel bank.
-Measured with the default 128-bin fbank, white noise at 1e-4 (-80 dBFS)
-still sits *at* the log floor in 27 % of the (non-empty) mel bins -- the whole
-low end, which pre-emphasis attenuates -- and 3 to 5 log units below the
-quietest 1 % of the paper world's values elsewhere; at 1e-3 only 1.3 % of the
-values are at the floor and the per-bin level matches the world's 1 %
-quantile within 0.4 log units.  1e-3 is the quietest background noise level
-of the paper world (``background.level`` min), which
-:class:`audiopg.Encoder` uses when its checkpoint's world records one.
+docs/features.md ("Reading audio") has the details.
 """
 from __future__ import annotations
 

@@ -9,8 +9,21 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from audiopg.cli.common import stderr_log, threads_arg
+from audiopg.core.device import set_torch_threads
+from audiopg.core.errors import ConfigError
+from audiopg.experiments.ablate import (
+    FAMILY_OVERRIDES,
+    PROBE_TASKS,
+    AblationInterrupted,
+    default_variants,
+    format_table,
+    parse_families,
+    parse_variant,
+    run_ablation,
+)
 
 DESCRIPTION = """\
 Pre-train one model per world variant and seed with the same budget, probe every
@@ -30,7 +43,6 @@ continues an interrupted ablation.  Tasks whose data folder is absent are skippe
 
 
 def register(subparsers) -> None:
-    from audiopg.experiments.ablate import FAMILY_OVERRIDES, TASKS
 
     p = subparsers.add_parser(
         "ablate",
@@ -51,7 +63,7 @@ def register(subparsers) -> None:
     p.add_argument("--data-root", type=Path, default=None,
                    help="shared evaluation data holding fsdd/ and esc50-fold4/ (default $AUDIOPG_DATA or "
                         "../shared/data beside the checkout)")
-    p.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated subset of {','.join(TASKS)}")
+    p.add_argument("--tasks", default=",".join(PROBE_TASKS), help=f"comma-separated subset of {','.join(PROBE_TASKS)}")
     p.add_argument("--model-preset", default="tiny", help="model preset of every run (default tiny)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="pre-training setting of every run, as in `audiopg pretrain --set` (repeatable), "
@@ -60,27 +72,14 @@ def register(subparsers) -> None:
     p.add_argument("--probe-batch-size", type=int, default=32, help="encoder windows per forward pass when probing")
     p.add_argument("--cache-dir", default=None,
                    help="embedding cache of the probes (default audiopg's; 'none' disables)")
-    p.add_argument("--threads", default="auto", help="torch CPU threads, or auto (1 on a busy machine; default)")
+    p.add_argument("--threads", type=threads_arg, default="auto", help="torch CPU threads, or auto (1 on a busy machine; default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from audiopg.core.device import set_torch_threads
-    from audiopg.core.errors import ConfigError
-    from audiopg.experiments.ablate import (
-        FAMILY_OVERRIDES,
-        AblationInterrupted,
-        default_variants,
-        format_table,
-        parse_families,
-        parse_variant,
-        run_ablation,
-    )
 
-    def log(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
+    log = stderr_log()
     if args.variants is not None:
         if args.without is not None:
             raise ConfigError("variants", "give --variants or --without, not both")
@@ -88,15 +87,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         without = parse_families(args.without) if args.without is not None else tuple(FAMILY_OVERRIDES)
         variants = default_variants(args.preset, without)
-    threads = args.threads
-    if threads != "auto":
-        try:
-            threads = int(threads)
-        except ValueError:
-            raise ConfigError("threads", f"expected 'auto' or a positive integer, got {threads!r}") from None
-        if threads < 1:
-            raise ConfigError("threads", f"expected 'auto' or a positive integer, got {threads!r}")
-    set_torch_threads(threads, log)
+    set_torch_threads(args.threads, log)
     cache_dir = args.cache_dir
     if cache_dir is not None:
         cache_dir = False if cache_dir.lower() in ("none", "off") else Path(cache_dir)

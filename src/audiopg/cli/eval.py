@@ -2,20 +2,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from audiopg.eval.datasets import TASKS
+from audiopg.cli.common import stderr_log, threads_arg
+from audiopg.core.device import set_torch_threads
+from audiopg.core.errors import AudioPGError
+from audiopg.eval.datasets import DATASETS, load_dataset
+from audiopg.eval.download import DOWNLOADS, download_dataset
+from audiopg.eval.finetune import list_recipes, load_recipe, run_finetune
+from audiopg.eval.probe import parse_baselines, run_probe
+from audiopg.eval.report import format_score
 
 __all__ = ["register"]
-
-
-def _log(quiet: bool):
-    def log(msg: str) -> None:
-        if not quiet:
-            print(msg, file=sys.stderr, flush=True)
-
-    return log
 
 
 def _layer(text: str) -> int:
@@ -26,7 +24,7 @@ def _layer(text: str) -> int:
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", required=True, choices=TASKS, help="dataset and protocol")
+    p.add_argument("--task", required=True, choices=DATASETS, help="dataset and protocol")
     p.add_argument("--data-root", required=True, type=Path,
                    help="dataset folder in its official layout (or the folder above it); for manifest: the CSV file")
     p.add_argument("--protocol", choices=("own", "loso"), default=None,
@@ -37,25 +35,9 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of cross-validation folds and random init (default 0)")
 
 
-def _threads(text: str) -> str | int:
-    if text == "auto":
-        return text
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--threads must be 'auto' or a positive integer, got {text!r}")
-    return n
-
-
 def _probe(args: argparse.Namespace) -> int:
-    from audiopg.core.device import set_torch_threads
-    from audiopg.eval.datasets import load_dataset
-    from audiopg.eval.probe import parse_baselines, run_probe
-    from audiopg.eval.report import format_score
 
-    log = _log(args.quiet)
+    log = stderr_log(args.quiet)
     set_torch_threads(args.threads, log)
     ds = load_dataset(args.task, args.data_root, protocol=args.protocol, target_column=args.target_column,
                       target_type=args.target_type, skip_bad=args.skip_bad, seed=args.seed)
@@ -86,13 +68,8 @@ def _cache_dir(text: str | None):
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    from audiopg.core.device import set_torch_threads
-    from audiopg.eval.datasets import load_dataset
-    from audiopg.eval.finetune import load_recipe, run_finetune
-    from audiopg.eval.probe import parse_baselines
-    from audiopg.eval.report import format_score
 
-    log = _log(args.quiet)
+    log = stderr_log(args.quiet)
     set_torch_threads(args.threads, log)
     recipe = load_recipe(args.recipe, args.set or [])
     ds = load_dataset(args.task, args.data_root, protocol=args.protocol, skip_bad=args.skip_bad, seed=args.seed)
@@ -113,22 +90,20 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from audiopg.eval.download import SOURCES, download_dataset
 
     if args.list:
-        for name, src in SOURCES.items():
+        for name, src in DOWNLOADS.items():
             print(f"{name}: {src.title} [{src.licence}]")
             for r in src.remotes:
                 print(f"  {r.url}" + (f"  md5 {r.md5}" if r.md5 else "  (no published checksum)")
                       + (f"  {r.approx_size}" if r.approx_size else ""))
         return 0
     if args.dataset is None or args.root is None:
-        from audiopg.core.errors import AudioPGError
 
         raise AudioPGError("DATASET and --root are required (or use --list)")
     data_root = download_dataset(args.dataset, args.root, connect_timeout=args.timeout,
                                  keep_archives=not args.remove_archives, progress=not args.quiet,
-                                 log=_log(args.quiet))
+                                 log=stderr_log(args.quiet))
     print(data_root)
     return 0
 
@@ -161,13 +136,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", default=None,
                    help="embedding cache folder (default $AUDIOPG_CACHE/embeddings or ~/.cache/audiopg/embeddings; "
                         "'none' disables)")
-    p.add_argument("--threads", type=_threads, default="auto",
+    p.add_argument("--threads", type=threads_arg, default="auto",
                    help="torch CPU threads: a number, or auto (1 when the machine is already busy; default)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_probe)
 
     # ---------------------------------------------------------------- finetune
-    from audiopg.eval.finetune import list_recipes
 
     f = sub.add_parser(
         "finetune", help="fine-tune the encoder with a linear head on a real dataset",
@@ -184,20 +158,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--baselines", default="none", help="'random' also fine-tunes a randomly initialized encoder "
                                                         "(default none)")
     f.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
-    f.add_argument("--threads", type=_threads, default="auto",
+    f.add_argument("--threads", type=threads_arg, default="auto",
                    help="torch CPU threads: a number, or auto (1 when the machine is already busy; default)")
     f.add_argument("--quiet", action="store_true", help="no progress output")
     f.set_defaults(func=_finetune)
 
     # ---------------------------------------------------------------- download
-    from audiopg.eval.download import SOURCES
 
     d = sub.add_parser(
         "download", help="download an evaluation dataset from its official address",
         description="Download (resumable, checksum-verified where a checksum is published) and extract a "
                     "dataset into --root; prints the folder to pass as --data-root.",
     )
-    d.add_argument("dataset", nargs="?", choices=tuple(SOURCES), help="which dataset")
+    d.add_argument("dataset", nargs="?", choices=tuple(DOWNLOADS), help="which dataset")
     d.add_argument("--root", type=Path, help="folder to download and extract into")
     d.add_argument("--timeout", type=float, default=10.0, help="connect / stall timeout in seconds (default 10)")
     d.add_argument("--remove-archives", action="store_true", help="delete the archives after extraction")

@@ -13,7 +13,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from audiopg.cli.main import run_command
 from audiopg.core.errors import ConfigError
+from audiopg.train.config import build_pretrain_config
+from audiopg.train.pretrain import pretrain
+from audiopg.train.run_dir import check_resume_config, load_run_config
 
 DESCRIPTION = """\
 Pre-train an AudioMAE-style masked autoencoder on clips synthesized on the fly
@@ -61,8 +65,6 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from audiopg.train.config import build_pretrain_config
-    from audiopg.train.pretrain import check_resume_config, load_run_config, pretrain
 
     flags = {
         "preset": args.preset,
@@ -98,7 +100,6 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m audiopg.cli.pretrain pretrain ...``: this command alone, with the main CLI's error handling."""
-    from audiopg.cli.main import run_command
 
     parser = argparse.ArgumentParser(prog="audiopg")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

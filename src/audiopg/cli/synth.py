@@ -5,14 +5,13 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
+from audiopg.api.world_files import write_world_clips
+from audiopg.audio.fbank import FbankConfig
 from audiopg.core.config import write_json
 from audiopg.core.device import resolve_device
 from audiopg.core.errors import ConfigError
-from audiopg.core.io import atomic_write_text
 from audiopg.synth.config import list_presets, load_world_config
-from audiopg.synth.world import World
+from audiopg.train.data import compute_fbank_stats
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,67 +46,14 @@ def _world_config(args):
 
 
 def run_synth(args) -> int:
-    import soundfile as sf
-
     if args.n < 1:
         raise ConfigError("n", f"must be >= 1, got {args.n}")
-    cfg = _world_config(args)
-    world = World(cfg, resolve_device(args.device))
-    batch = world.sample(args.n, world.generator(args.seed))
-    out: Path = args.out
-    out.mkdir(parents=True, exist_ok=True)
-    records = batch.records()
-    audio = batch.audio.cpu().numpy()
-    width = len(str(args.n - 1))
-    lines = []
-    for i, (wave, rec) in enumerate(zip(audio, records)):
-        name = f"clip_{i:0{width}d}.wav"
-        sf.write(out / name, wave, cfg.sample_rate, subtype="FLOAT")
-        lines.append(json.dumps({"file": name, **rec}))
-    atomic_write_text(out / "factors.jsonl", "\n".join(lines) + "\n")
-    write_json(out / "world.json", cfg)
-    spectrogram_grid(batch.audio, records, cfg.sample_rate, out / "spectrograms.png")
-    print(f"wrote {args.n} clips, factors.jsonl, world.json and spectrograms.png to {out}")
+    write_world_clips(_world_config(args), args.n, args.seed, args.out, resolve_device(args.device))
+    print(f"wrote {args.n} clips, factors.jsonl, world.json and spectrograms.png to {args.out}")
     return 0
 
 
-def spectrogram_grid(audio: torch.Tensor, records: list[dict], sample_rate: int, path: Path) -> None:
-    """One PNG: the log-mel spectrogram of every clip, titled with its source and f0."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from audiopg.audio.fbank import Fbank, FbankConfig
-
-    feats = Fbank(FbankConfig(sample_rate=sample_rate, num_mel_bins=128)).to(audio.device)(audio).cpu().numpy()
-    n = len(feats)
-    cols = min(4, n)
-    rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for i, (spec, rec) in enumerate(zip(feats, records)):
-        ax = axes.flat[i]
-        ax.axis("on")
-        ax.imshow(spec.T, origin="lower", aspect="auto", cmap="magma",
-                  extent=(0, spec.shape[0] / 100, 0, spec.shape[1]), vmin=max(spec.min(), spec.max() - 80))
-        detail = f"f0 {rec['f0']:.0f} Hz" if "f0" in rec else rec.get("noise_colour", "")
-        ax.set_title(f"{i}: {rec['source']}, {detail}", fontsize=9)
-        ax.set_xlabel("s", fontsize=8)
-        ax.set_ylabel("mel bin", fontsize=8)
-        ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=80)
-    plt.close(fig)
-    tmp.replace(path)
-
-
 def run_stats(args) -> int:
-    from audiopg.audio.fbank import FbankConfig
-    from audiopg.train.data import compute_fbank_stats
-
     if args.clips < 1:
         raise ConfigError("clips", f"must be >= 1, got {args.clips}")
     cfg = _world_config(args)

@@ -8,7 +8,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 
 def file_mode() -> int:
@@ -25,12 +25,7 @@ def make_readable(path: str | os.PathLike) -> Path:
     return Path(path)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(f)`` on a temp file beside ``path``, sync it, give it the usual mode, rename it over ``path``.
-
-    Never leaves a half-written ``path``; the temp file is removed on any failure.
-    """
-    path = Path(path)
+def _write_temp(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -39,18 +34,50 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> 
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
+    return Path(tmp)
+
+
+def _sync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # make renames durable
+        dfd = os.open(folder, os.O_RDONLY)
         try:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-    return path
+
+
+@contextlib.contextmanager
+def atomic_group() -> Iterator[Callable[[str | os.PathLike, Callable[[IO[bytes]], Any]], None]]:
+    """All or none of several files: ``stage(path, write)`` writes each to a temp file beside it; when the block
+    ends normally every temp file is renamed over its path, when it raises they are all removed."""
+    pending: list[tuple[Path, Path]] = []
+
+    def stage(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
+        pending.append((_write_temp(Path(path), write), Path(path)))
+
+    try:
+        yield stage
+    except BaseException:
+        for tmp, _ in pending:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        raise
+    for tmp, final in pending:
+        os.replace(tmp, final)
+    for folder in {final.parent for _, final in pending}:
+        _sync_folder(folder)
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> Path:
+    """Call ``write(f)`` on a temp file beside ``path``, sync it, give it the usual mode, rename it over ``path``:
+    never a half-written ``path``."""
+    with atomic_group() as stage:
+        stage(path, write)
+    return Path(path)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

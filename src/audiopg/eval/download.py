@@ -1,25 +1,8 @@
 """Download the evaluation datasets from their official addresses: resumable, verified, extracted.
 
-``audiopg download esc50|us8k|scv2|fsd50k|fsdd --root DIR``
-
-* Every file is fetched into ``DIR/<filename>.part`` and renamed to
-  ``DIR/<filename>`` only once complete (and verified).  An interrupted
-  download resumes where it stopped with an HTTP ``Range`` request; a server
-  that ignores the range restarts the file from the beginning.
-* Where the publisher gives an MD5 (the Zenodo records of UrbanSound8K and
-  FSD50K), the finished file is checked against it; a mismatch deletes the
-  file and raises.  GitHub branch archives (ESC-50, FSDD) and the Speech
-  Commands tarball have no published checksum: they are checked by their
-  extracted layout instead (the marker file the loader needs must exist).
-* Archives are extracted into ``DIR`` (zip, tar.gz; FSD50K's split zips
-  ``.z01 ... .zip`` are read as one archive -- no external ``zip -s 0``
-  needed).  Members that would land outside ``DIR`` are refused.
-* Offline, the first connection attempt fails after at most
-  ``connect_timeout`` seconds (10 by default) with a
-  :class:`DownloadError` naming the URL.
-
-Sizes: ESC-50 ~0.6 GB, UrbanSound8K ~6.0 GB, Speech Commands v0.02 ~2.3 GB,
-FSD50K ~30 GB (dev audio 6 parts, eval audio 2 parts), FSDD ~20 MB.
+``audiopg download esc50|us8k|scv2|fsd50k|fsdd --root DIR``.  Files land as ``.part`` and are renamed once
+complete and checked (published MD5, else the extracted layout); split zips are read without external tools.
+Details and sizes: docs/evaluation.md ("Downloads").
 """
 from __future__ import annotations
 
@@ -37,9 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from tqdm import tqdm
+
 from audiopg.core.errors import AudioPGError
 
-__all__ = ["Remote", "DatasetSource", "SOURCES", "DownloadError", "download_file", "download_dataset",
+__all__ = ["Remote", "DatasetSource", "DOWNLOADS", "DownloadError", "download_file", "download_dataset",
            "extract_archive", "extract_split_zip"]
 
 CHUNK = 1 << 20
@@ -82,7 +67,7 @@ def _fsd50k(filename: str, md5: str) -> Remote:
     return Remote(f"{ZENODO_FSD50K}/{filename}", filename, md5)
 
 
-SOURCES: dict[str, DatasetSource] = {
+DOWNLOADS: dict[str, DatasetSource] = {
     "esc50": DatasetSource(
         "esc50", "ESC-50 (K. J. Piczak), official GitHub repository archive",
         (Remote("https://github.com/karolpiczak/ESC-50/archive/refs/heads/master.zip", "ESC-50-master.zip",
@@ -211,8 +196,6 @@ def download_file(
                 mode = "ab" if have else "wb"
                 length = resp.headers.get("Content-Length")
                 total = have + int(length) if length and length.isdigit() else None
-                from tqdm import tqdm
-
                 with open(part, mode) as f, tqdm(total=total, initial=have, unit="B", unit_scale=True,
                                                  desc=remote.filename, disable=None if progress else True) as bar:
                     while True:
@@ -435,7 +418,7 @@ def download_dataset(
     sources: dict[str, DatasetSource] | None = None,
 ) -> Path:
     """Download, verify and extract dataset ``name`` under ``root``; returns the folder to pass as ``--data-root``."""
-    sources = sources or SOURCES
+    sources = sources or DOWNLOADS
     if name not in sources:
         raise DownloadError(f"unknown dataset {name!r} (known: {', '.join(sources)})")
     src = sources[name]

@@ -1,44 +1,9 @@
 """Fine-tuning a pre-trained encoder on a labelled task (``audiopg finetune``).
 
-Model: the checkpoint's :class:`~audiopg.model.ViTEncoder` (rebuilt with the
-recipe's stochastic depth, ``ModelConfig.drop_path``) plus a linear head on the
-mean of the final (normed) patch tokens -- the same pooling as the probe's
-embeddings.  Input: the checkpoint's own preprocessing (peak normalization
-of the whole clip when its world did, Kaldi log-mel, the checkpoint's
-feature statistics), on the training device.
-
-Training (one run per split of the dataset's protocol: 5 for ESC-50, 10 for
-UrbanSound8K, 1 for Speech Commands / FSD50K / FSDD-own):
-
-* AdamW over :meth:`ViTEncoder.param_groups` (no decay on biases, norms and
-  the CLS token) with layer-wise lr decay: every group's lr is scaled by its
-  ``lr_scale = layer_decay ** (depth + 1 - layer_id)``; the head gets scale 1.
-* lr: linear warm-up, then half-cycle cosine down to ``min_lr``, set every
-  step.  ``lr`` absolute, or ``blr`` with ``lr = blr * batch_size / 256`` (the
-  MAE/AudioMAE convention).
-* Augmentation: random crop of ``clip_frames`` frames (short clips padded with
-  the -80 dBFS noise floor of :mod:`audiopg.audio.io`), waveform mixup
-  (``lambda ~ Beta(mixup, mixup)`` with probability ``mixup_prob``, targets
-  mixed alike), SpecAugment time and frequency masks on the normalized
-  log-mel (set to 0, the normalized mean), and AudioMAE-style structured patch
-  masking (``mask_t_prob`` / ``mask_f_prob`` of the time columns / frequency
-  rows of patches dropped from the encoder input).
-* Loss: cross-entropy with label smoothing on soft targets (single-label),
-  binary cross-entropy (multi-label; label smoothing is not applied).
-
-Evaluation: whole clips, cut into windows of ``clip_frames`` every
-``eval_hop`` of a window plus one aligned with the end; the clip's scores are
-the mean of its windows' probabilities.  Accuracy (single-label) or macro mAP
-(multi-label).  With a validation split (Speech Commands, FSD50K) the epoch
-with the best validation score is kept and tested ("test score of the model
-chosen on validation"); otherwise the last epoch is tested.
-
-Outputs in ``--out``: ``metrics.jsonl`` (one line per epoch and split, and
-one per test), ``<split>/model.safetensors`` (the tested model: encoder and
-head weights, with the recipe, classes and scores in its metadata),
-``<split>/encoder.safetensors`` (the fine-tuned encoder alone, loadable with
-``audiopg.Encoder.from_pretrained``), ``recipe.yaml`` (the recipe used),
-``results.json``, ``results.md`` and confusion-matrix PNGs.
+The checkpoint's ViT plus a linear head on the mean of its final patch tokens, trained with AdamW, layer-wise
+lr decay, the shared warm-up + cosine schedule, mixup, SpecAugment and structured patch masking, one run per
+split of the dataset's protocol.  Recipes are YAML files in ``recipes/``; the method, the recipes and the
+outputs are described in docs/evaluation.md ("Fine-tuning").
 """
 from __future__ import annotations
 
@@ -54,8 +19,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+import yaml
+from safetensors.torch import save_file
 from torch import nn
+from tqdm import tqdm
 
+from audiopg.audio.fbank import Fbank
 from audiopg.audio.io import fit_length, load_audio
 from audiopg.core.config import (
     check_range,
@@ -64,8 +33,16 @@ from audiopg.core.config import (
     read_mapping,
     to_dict,
 )
+from audiopg.core.device import resolve_device
 from audiopg.core.errors import AudioFileError, AudioPGError, ConfigError
-from audiopg.core.io import make_readable
+from audiopg.core.io import atomic_write_text, make_readable
+from audiopg.core.schedule import lr_at
+from audiopg.eval.datasets.base import MULTI, REGRESSION, SINGLE, Dataset, Split
+from audiopg.eval.metrics import FoldResult, ModelResult, task_score
+from audiopg.eval.report import write_report
+from audiopg.model.checkpoint import save_encoder
+from audiopg.model.encoder import Encoder
+from audiopg.model.vit import ViTEncoder
 
 __all__ = [
     "Recipe",
@@ -73,7 +50,6 @@ __all__ = [
     "list_recipes",
     "load_recipe",
     "FinetuneModel",
-    "lr_at",
     "spec_augment",
     "patch_keep_ids",
     "run_finetune",
@@ -230,15 +206,6 @@ class FinetuneModel(nn.Module):
         return groups
 
 
-def lr_at(step: int, total: int, warmup: int, peak: float, floor: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then half-cycle cosine from ``peak`` to ``floor`` at ``total``."""
-    if warmup > 0 and step < warmup:
-        return peak * (step + 1) / warmup
-    span = max(1, total - warmup)
-    t = min(1.0, (step - warmup) / span)
-    return floor + (peak - floor) * 0.5 * (1.0 + math.cos(math.pi * t))
-
-
 def spec_augment(spec: torch.Tensor, max_time: int, max_freq: int, masks: int,
                  generator: torch.Generator) -> torch.Tensor:
     """SpecAugment on (B, T, F): per clip ``masks`` time masks of width U[0, max_time] and frequency masks of
@@ -279,9 +246,7 @@ def patch_keep_ids(b: int, grid_t: int, grid_f: int, t_prob: float, f_prob: floa
 class _Frontend:
     """The checkpoint's preprocessing, batched on the device: log-mel + feature statistics."""
 
-    def __init__(self, encoder: Any, device: torch.device):
-        from audiopg.audio.fbank import Fbank
-
+    def __init__(self, encoder: Encoder, device: torch.device):
         self.cfg = encoder.fbank_config
         self.stats = encoder.fbank_stats
         self.fbank = Fbank(self.cfg).to(device)
@@ -339,11 +304,9 @@ def _windows(n: int, win: int, hop: int) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- the run
-def _prescan(dataset: Any, sr: int, skip_bad: bool, budget_gb: float, log: Callable[[str], None],
+def _prescan(dataset: Dataset, sr: int, skip_bad: bool, budget_gb: float, log: Callable[[str], None],
              progress: bool) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     """Read every clip once: bad files raise (or are collected with skip_bad); clips are kept while they fit."""
-    from tqdm import tqdm
-
     cache: dict[int, np.ndarray] = {}
     bad: dict[int, str] = {}
     used = 0.0
@@ -367,7 +330,8 @@ def _prescan(dataset: Any, sr: int, skip_bad: bool, budget_gb: float, log: Calla
 
 def _evaluate(model: FinetuneModel, frontend: _Frontend, clips: _Clips, index: np.ndarray, frames: int,
               hop_frames: int, multi: bool, device: torch.device, amp: bool, batch: int) -> np.ndarray:
-    """Mean window probabilities per clip, (len(index), C)."""
+    """What :func:`task_score` scores, per clip: the mean of its windows' probabilities, (len(index), C), for a
+    multi-label task; the class with the highest mean probability, (len(index),), for a single-label one."""
     model.eval()
     win = frontend.samples_for(frames)
     shift = frontend.cfg.window_shift
@@ -400,22 +364,11 @@ def _evaluate(model: FinetuneModel, frontend: _Frontend, clips: _Clips, index: n
             if len(pending) >= batch:
                 flush()
     flush()
-    return sums / counts[:, None]
-
-
-def _score(multi: bool, probs: np.ndarray, y: np.ndarray) -> tuple[float, dict, np.ndarray | None]:
-    from audiopg.eval.metrics import accuracy, mean_average_precision
-
-    if multi:
-        m, _, n = mean_average_precision(y, probs)
-        return m, {"classes_evaluated": n}, None
-    pred = probs.argmax(axis=1)
-    return accuracy(y, pred), {}, pred
+    probs = sums / counts[:, None]
+    return probs if multi else probs.argmax(axis=1)
 
 
 def _save_model(path: Path, model: FinetuneModel, meta: dict) -> None:
-    from safetensors.torch import save_file
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(path.name + ".tmp")
@@ -433,8 +386,8 @@ def _append_jsonl(path: Path, record: dict) -> None:
 class _Context:
     """What every variant and split of one run shares."""
 
-    dataset: Any
-    enc: Any
+    dataset: Dataset
+    enc: Encoder
     recipe: Recipe
     frontend: _Frontend
     device: torch.device
@@ -452,14 +405,8 @@ class _Context:
     t0: float
 
 
-def _train_split(ctx: _Context, enc: Any, sp: Any, tag: str, reinit: bool) -> Any:
+def _train_split(ctx: _Context, enc: Encoder, sp: Split, tag: str, reinit: bool) -> FoldResult:
     """Fine-tune one split; returns its FoldResult and writes its checkpoint and metrics lines."""
-    from tqdm import tqdm
-
-    from audiopg.eval.probe import FoldResult
-    from audiopg.model.checkpoint import save_encoder
-    from audiopg.model.vit import ViTEncoder
-
     ds, recipe, dev, amp = ctx.dataset, ctx.recipe, ctx.device, ctx.amp
     metrics_path = ctx.out / "metrics.jsonl"
     y_all = ds.targets()
@@ -503,7 +450,7 @@ def _train_split(ctx: _Context, enc: Any, sp: Any, tag: str, reinit: bool) -> An
         for waves, target in bar:
             if step >= total:
                 break
-            lr = lr_at(step, total, warmup, peak, recipe.min_lr)
+            lr = lr_at(step, peak, recipe.min_lr, warmup, total)
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
             waves = waves.to(dev, non_blocking=True)
@@ -548,9 +495,9 @@ def _train_split(ctx: _Context, enc: Any, sp: Any, tag: str, reinit: bool) -> An
                                   "train_loss": float(np.mean(losses)) if losses else None,
                                   "time_s": round(time.time() - ctx.t0, 2)}
         if sp.val is not None and (epoch % recipe.eval_every == 0 or step >= total):
-            probs = _evaluate(model, ctx.frontend, clips, np.asarray(sp.val), ctx.frames, ctx.hop_frames, ctx.multi,
-                              dev, amp, recipe.batch_size)
-            val_score = _score(ctx.multi, probs, y_all[np.asarray(sp.val)])[0]
+            output = _evaluate(model, ctx.frontend, clips, np.asarray(sp.val), ctx.frames, ctx.hop_frames, ctx.multi,
+                               dev, amp, recipe.batch_size)
+            val_score = task_score(ds.task_type, y_all[np.asarray(sp.val)], output)[0]
             record[f"val_{ds.metric}"] = val_score
             if val_score > best_score:
                 best_score, best_epoch = val_score, epoch
@@ -562,9 +509,9 @@ def _train_split(ctx: _Context, enc: Any, sp: Any, tag: str, reinit: bool) -> An
     if best_state is not None:
         model.load_state_dict(best_state)
     test = np.asarray(sp.test)
-    probs = _evaluate(model, ctx.frontend, clips, test, ctx.frames, ctx.hop_frames, ctx.multi, dev, amp,
-                      recipe.batch_size)
-    score, extra, pred = _score(ctx.multi, probs, y_all[test])
+    output = _evaluate(model, ctx.frontend, clips, test, ctx.frames, ctx.hop_frames, ctx.multi, dev, amp,
+                       recipe.batch_size)
+    score, extra, pred = task_score(ds.task_type, y_all[test], output)
     chosen_epoch = best_epoch if best_state is not None else epoch
     chosen = f"epoch {chosen_epoch} (best on validation)" if best_state is not None else f"epoch {epoch} (last)"
     ctx.log(f"{tag} {sp.name}: test {ds.metric} {score:.4f} with the model of {chosen}")
@@ -585,7 +532,7 @@ def _train_split(ctx: _Context, enc: Any, sp: Any, tag: str, reinit: bool) -> An
 
 
 def run_finetune(
-    dataset: Any,
+    dataset: Dataset,
     checkpoint: str | os.PathLike,
     recipe: Recipe,
     out_dir: str | os.PathLike,
@@ -603,12 +550,6 @@ def run_finetune(
     ``baselines=("random",)`` also fine-tunes a randomly initialized encoder of
     the same architecture with the same recipe.  Returns the results dict.
     """
-    from audiopg.core.device import resolve_device
-    from audiopg.eval.datasets import MULTI, REGRESSION, SINGLE
-    from audiopg.eval.probe import ModelResult
-    from audiopg.eval.report import write_report
-    from audiopg.model.encoder import Encoder
-
     log = log or (lambda msg: None)
     unknown = [b for b in baselines if b != "random"]
     if unknown:
@@ -650,13 +591,9 @@ def run_finetune(
     if recipe.folds is not None:
         splits = splits[: recipe.folds]
     if write:
-        import yaml
-
-        from audiopg.core.io import atomic_write_text
-
         (out / "metrics.jsonl").write_text("")
         atomic_write_text(out / "recipe.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False))
-    models: dict[str, Any] = {}
+    models: dict[str, ModelResult] = {}
     for tag, reinit in variants:
         enc = Encoder.from_pretrained(checkpoint, device="cpu", reinit=True, seed=recipe.seed) if reinit else base
         folds = [_train_split(ctx, enc, sp, tag, reinit) for sp in splits]

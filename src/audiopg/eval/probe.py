@@ -1,66 +1,41 @@
-"""Linear probing of frozen features: pretrained encoder, random-init encoder, handcrafted baseline.
+"""The linear probe of frozen features: logistic or ridge regression, regularization chosen on training data only.
 
-Pipeline
---------
-1. Audio: every clip is read once with :func:`audiopg.audio.io.load_audio`
-   (mono, resampled with soxr to the extractor's rate).  An unreadable, empty
-   or corrupt file raises :class:`~audiopg.core.errors.AudioFileError` naming it;
-   with ``skip_bad`` it is left out of *every* model's evaluation and listed in
-   the report.  Nothing is ever replaced by zeros.
-2. Features (:class:`EncoderFeatures`, :class:`HandcraftedFeatures`): encoder
-   embeddings from :meth:`audiopg.Encoder.embed` (mean-pooled patch tokens of
-   the chosen layer, or the CLS token; long clips averaged over windows), or
-   the 160-d log-mel statistics of :mod:`audiopg.eval.features`.  Cached as
-   ``.npy`` under a key made of the checkpoint's SHA-256, the file list (paths,
-   sizes, modification times) and every option that changes the numbers.
-3. Probe (:func:`fit_probe`): ``StandardScaler`` + ``LogisticRegression``
-   (lbfgs; one-vs-rest for multi-label) or ``Ridge`` for a continuous target,
-   inside one scikit-learn ``Pipeline`` so the scaler is fitted on training data
-   only.  The regularization (C from :data:`C_GRID`, or alpha from
-   :data:`ALPHA_GRID`) is chosen on the training part only: on the dataset's
-   validation split where it has one (Speech Commands, FSD50K), otherwise by an
-   inner cross-validation grouped like the outer split (e.g. GroupKFold by
-   source recording or speaker).  The test part is touched once.
+``StandardScaler`` + ``LogisticRegression`` (one-vs-rest for multi-label) or ``Ridge`` in one scikit-learn
+``Pipeline``; C / alpha chosen on the validation split or by an inner cross-validation grouped like the outer
+split; the test part is touched once (docs/evaluation.md, "The linear probe").
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import contextlib
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from audiopg.audio.io import load_audio
-from audiopg.core.errors import AudioFileError, AudioPGError
-from audiopg.core.io import atomic_write_bytes, atomic_write_text, file_sha256
-from audiopg.eval.datasets import MULTI, REGRESSION, SINGLE, Dataset, Split
-from audiopg.eval.features import HANDCRAFTED_FBANK, handcrafted_features
-from audiopg.eval.metrics import (
-    accuracy,
-    confusion_matrix,
-    mean_average_precision,
-    mean_std,
-    median_absolute_error,
-    r2_score,
+from audiopg.core.errors import AudioPGError, ConfigError
+from audiopg.core.io import file_sha256
+from audiopg.eval.datasets.base import MULTI, REGRESSION, SINGLE, Dataset, Split
+from audiopg.eval.features import (
+    EncoderFeatures,
+    FeatureCache,
+    HandcraftedFeatures,
+    default_cache_dir,
+    extract_features,
 )
+from audiopg.eval.metrics import FoldResult, ModelResult, task_score
+from audiopg.eval.report import write_report
+from audiopg.model.checkpoint import resolve_encoder_path
+from audiopg.model.encoder import Encoder
 
 __all__ = [
     "C_GRID",
     "ALPHA_GRID",
-    "FoldResult",
-    "ModelResult",
-    "EncoderFeatures",
-    "HandcraftedFeatures",
-    "FeatureCache",
-    "extract_features",
+    "BASELINES",
     "fit_probe",
     "probe_features",
-    "default_cache_dir",
+    "parse_baselines",
     "run_probe",
 ]
 
@@ -70,271 +45,9 @@ C_GRID = tuple(float(c) for c in np.logspace(-3, 2, 6))
 ALPHA_GRID = tuple(float(a) for a in np.logspace(-1, 4, 6))
 MAX_ITER = 1000
 INNER_SPLITS = 5
-CACHE_VERSION = 1
-
-
-# ----------------------------------------------------------------------------- feature extractors
-class EncoderFeatures:
-    """Scene embeddings of an :class:`audiopg.Encoder` (pretrained, or ``reinit`` = random init)."""
-
-    def __init__(self, name: str, encoder: Any, *, layer: int = -1, pool: str = "mean", batch_size: int = 32,
-                 checkpoint_sha256: str = "", seed: int = 0):
-        encoder._check_layer_pool(layer, pool)
-        if layer == "all":
-            raise ValueError("the probe needs a single layer, not 'all'")
-        self.name = name
-        self.encoder = encoder
-        self.layer = layer
-        self.pool = pool
-        self.batch_size = int(batch_size)
-        self.sample_rate = int(encoder.sample_rate)
-        self.checkpoint_sha256 = checkpoint_sha256
-        self.seed = int(seed)
-        kind = f"random init (same architecture, seed {seed})" if encoder.reinit else "pretrained"
-        self.description = f"{kind} encoder, layer {layer}, {pool}-pooled, {encoder.embedding_size}-d"
-
-    def key(self) -> dict:
-        return {"kind": "encoder", "checkpoint_sha256": self.checkpoint_sha256, "reinit": bool(self.encoder.reinit),
-                "seed": self.seed if self.encoder.reinit else None, "layer": self.layer, "pool": self.pool,
-                "sample_rate": self.sample_rate, "hop_seconds": self.encoder.hop_seconds,
-                "pad_noise_level": self.encoder.pad_noise_level, "peak_normalize": self.encoder.peak_normalize}
-
-    def __call__(self, clips: Sequence[np.ndarray]) -> np.ndarray:
-        out = self.encoder.embed(list(clips), sample_rate=self.sample_rate, layer=self.layer, pool=self.pool,
-                                 batch_size=self.batch_size)
-        return out.scene.detach().float().cpu().numpy()
-
-
-class HandcraftedFeatures:
-    """The 160-d log-mel mean/std baseline."""
-
-    name = "handcrafted"
-    sample_rate = HANDCRAFTED_FBANK.sample_rate
-    description = "80-bin Kaldi log-mel, mean and std over frames (160-d), standardized"
-
-    def key(self) -> dict:
-        return {"kind": "handcrafted", "fbank": HANDCRAFTED_FBANK.__dict__, "stats": "mean,std(ddof=0)"}
-
-    def __call__(self, clips: Sequence[np.ndarray]) -> np.ndarray:
-        return handcrafted_features(clips, self.sample_rate)
-
-
-def default_cache_dir() -> Path:
-    """``$AUDIOPG_CACHE/embeddings`` or ``~/.cache/audiopg/embeddings``."""
-    base = os.environ.get("AUDIOPG_CACHE")
-    return (Path(base) if base else Path.home() / ".cache" / "audiopg") / "embeddings"
-
-
-class FeatureCache:
-    """``.npy`` feature matrices (one row per item, NaN rows for bad files) with a JSON sidecar."""
-
-    def __init__(self, folder: str | os.PathLike | None):
-        self.folder = None if folder is None else Path(folder)
-
-    @staticmethod
-    def key(extractor: Any, files: list[dict], max_seconds: float | None) -> str:
-        blob = json.dumps({"version": CACHE_VERSION, "extractor": extractor.key(), "files": files,
-                           "max_seconds": max_seconds}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()
-
-    def _paths(self, name: str, key: str) -> tuple[Path, Path]:
-        assert self.folder is not None
-        stem = f"{name}-{key[:24]}"
-        return self.folder / f"{stem}.npy", self.folder / f"{stem}.json"
-
-    def load(self, name: str, key: str) -> tuple[np.ndarray, dict] | None:
-        if self.folder is None:
-            return None
-        npy, meta = self._paths(name, key)
-        if not (npy.exists() and meta.exists()):
-            return None
-        try:
-            info = json.loads(meta.read_text())
-            x = np.load(npy, allow_pickle=False)
-        except (OSError, ValueError):
-            return None
-        if info.get("key") != key:
-            return None
-        return x, info
-
-    def save(self, name: str, key: str, x: np.ndarray, info: dict) -> None:
-        if self.folder is None:
-            return
-        npy, meta = self._paths(name, key)
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, x, allow_pickle=False)
-        atomic_write_bytes(npy, buf.getvalue())
-        atomic_write_text(meta, json.dumps({**info, "key": key}, indent=1) + "\n")
-
-
-def _file_list(dataset: Dataset) -> list[dict]:
-    out = []
-    for it in dataset.items:
-        path = str(Path(it.path).resolve())
-        try:
-            st = it.path.stat()
-            out.append({"path": path, "size": st.st_size, "mtime_ns": st.st_mtime_ns})
-        except OSError:
-            out.append({"path": path, "size": None, "mtime_ns": None})
-    return out
-
-
-def extract_features(
-    dataset: Dataset,
-    extractors: Sequence[Any],
-    *,
-    cache: FeatureCache | None = None,
-    skip_bad: bool = False,
-    max_seconds: float | None = None,
-    chunk: int = 64,
-    progress: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> tuple[dict[str, np.ndarray], dict[int, str]]:
-    """Features of every item for every extractor, reading each audio file once.
-
-    Returns ``({name: (N, D) float32 with NaN rows for bad files}, {index: reason}
-    of the bad files)``.  Without ``skip_bad`` the first bad file raises
-    :class:`AudioFileError` naming it (also when only the cache knows about it).
-    """
-    cache = cache or FeatureCache(None)
-    log = log or (lambda msg: None)
-    files = _file_list(dataset)
-    out: dict[str, np.ndarray] = {}
-    bad: dict[int, str] = {}
-    todo = []
-    keys = {}
-    for ex in extractors:
-        keys[ex.name] = FeatureCache.key(ex, files, max_seconds)
-        hit = cache.load(ex.name, keys[ex.name])
-        if hit is None:
-            todo.append(ex)
-            continue
-        x, info = hit
-        out[ex.name] = x
-        for i, reason in info.get("bad", {}).items():
-            bad[int(i)] = reason
-        log(f"{ex.name}: features from cache ({cache.folder})")
-    if bad and not skip_bad:
-        i = min(bad)
-        raise AudioFileError(f"{bad[i]} (use --skip-bad to skip unreadable files)")
-    if todo:
-        from tqdm import tqdm
-
-        rates = sorted({ex.sample_rate for ex in todo})
-        n = len(dataset.items)
-        results: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {ex.name: [] for ex in todo}
-        new_bad: dict[int, str] = {}
-        t_start = time.time()
-        bar = tqdm(total=n, desc="features (" + ", ".join(ex.name for ex in todo) + ")", unit="clip",
-                   disable=None if progress else True, leave=False)
-        for start in range(0, n, chunk):
-            idx = list(range(start, min(n, start + chunk)))
-            clips: dict[int, list[np.ndarray]] = {sr: [] for sr in rates}
-            good = []
-            for i in idx:
-                path = dataset.items[i].path
-                try:
-                    loaded = {sr: load_audio(path, sr) for sr in rates}
-                except AudioFileError as err:
-                    if not skip_bad:
-                        bar.close()
-                        raise AudioFileError(f"{err} (use --skip-bad to skip unreadable files)") from None
-                    new_bad[i] = str(err)
-                    continue
-                for sr in rates:
-                    x = loaded[sr]
-                    if max_seconds is not None:
-                        x = x[: max(1, int(round(max_seconds * sr)))]
-                    clips[sr].append(x)
-                good.append(i)
-            if good:
-                for ex in todo:
-                    feats = np.asarray(ex(clips[ex.sample_rate]), dtype=np.float32)
-                    results[ex.name].append((np.asarray(good), feats))
-            bar.update(len(idx))
-            done, tenth = idx[-1] + 1, max(1, n // 10)
-            if bar.disable and progress and (done == n or done // tenth != (done - len(idx)) // tenth):
-                names = ", ".join(ex.name for ex in todo)
-                log(f"features ({names}): {done}/{n} clips, {time.time() - t_start:.0f} s")
-        bar.close()
-        bad.update(new_bad)
-        for ex in todo:
-            parts = results[ex.name]
-            dim = parts[0][1].shape[1] if parts else 0
-            x = np.full((n, dim), np.nan, dtype=np.float32)
-            for rows, feats in parts:
-                x[rows] = feats
-            if not np.isfinite(x[[i for i in range(n) if i not in bad]]).all():
-                raise AudioPGError(f"{ex.name}: non-finite features for some clips (an extractor bug)")
-            out[ex.name] = x
-            cache.save(ex.name, keys[ex.name], x, {"extractor": ex.key(), "description": ex.description,
-                                                   "num_items": n, "bad": {str(k): v for k, v in new_bad.items()},
-                                                   "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    return out, bad
 
 
 # ----------------------------------------------------------------------------- the probe
-@dataclass
-class FoldResult:
-    """One outer split: the score (accuracy, mAP or R²), extra metrics and the chosen regularization."""
-
-    split: str
-    n_train: int
-    n_test: int
-    score: float
-    param: float  # chosen C (classification) or alpha (regression)
-    n_val: int = 0
-    extra: dict = field(default_factory=dict)
-    y_true: np.ndarray | None = None
-    y_pred: np.ndarray | None = None
-
-    def to_dict(self) -> dict:
-        return {"split": self.split, "n_train": self.n_train, "n_val": self.n_val, "n_test": self.n_test,
-                "score": self.score, "param": self.param, **self.extra}
-
-
-@dataclass
-class ModelResult:
-    name: str
-    description: str
-    metric: str
-    folds: list[FoldResult]
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def mean(self) -> float:
-        return mean_std([f.score for f in self.folds])[0]
-
-    @property
-    def std(self) -> float:
-        return mean_std([f.score for f in self.folds])[1]
-
-    def confusion(self, num_classes: int) -> np.ndarray | None:
-        if not self.folds or any(f.y_pred is None or f.y_true is None or f.y_true.ndim != 1 for f in self.folds):
-            return None
-        return confusion_matrix(np.concatenate([f.y_true for f in self.folds]),
-                                np.concatenate([f.y_pred for f in self.folds]), num_classes)
-
-    def to_dict(self) -> dict:
-        d = {"description": self.description, "metric": self.metric, "mean": self.mean, "std": self.std,
-             "folds": [f.to_dict() for f in self.folds], "notes": list(self.notes)}
-        extra_keys = sorted({k for f in self.folds for k in f.extra if isinstance(f.extra[k], (int, float))})
-        for k in extra_keys:
-            m, s = mean_std([f.extra.get(k) for f in self.folds])
-            d[f"{k}_mean"], d[f"{k}_std"] = m, s
-        return d
-
-
-def _map_score(estimator: Any, x: np.ndarray, y: np.ndarray) -> float:
-    scores = estimator.predict_proba(x)
-    valid = y.sum(axis=0) > 0
-    if not valid.any():
-        return float("nan")
-    return mean_average_precision(y[:, valid], scores[:, valid])[0]
-
-
 def _pipeline(task_type: str, param: float, seed: int, warm_start: bool = False) -> Any:
     """StandardScaler + LogisticRegression (one-vs-rest for multi-label) or Ridge, as one Pipeline."""
     from sklearn.linear_model import LogisticRegression, Ridge
@@ -357,17 +70,9 @@ def _set_param(model: Any, task_type: str, param: float) -> Any:
     return model.set_params(**{key: param})
 
 
-def _score(task_type: str, model: Any, x: np.ndarray, y: np.ndarray) -> tuple[float, dict, np.ndarray | None]:
-    """(primary score, extra metrics, predictions kept for the report)."""
-    if task_type == SINGLE:
-        pred = model.predict(x)
-        return accuracy(y, pred), {}, pred
-    if task_type == MULTI:
-        scores = model.predict_proba(x)
-        m, _, n_eval = mean_average_precision(y, scores)
-        return m, {"classes_evaluated": n_eval}, None
-    pred = model.predict(x)
-    return r2_score(y, pred), {"median_abs_error": median_absolute_error(y, pred)}, pred
+def _output(task_type: str, model: Any, x: np.ndarray) -> np.ndarray:
+    """What :func:`task_score` scores: class probabilities (multi-label) or predictions."""
+    return model.predict_proba(x) if task_type == MULTI else model.predict(x)
 
 
 def _inner_cv(task_type: str, y: np.ndarray, groups: np.ndarray | None, seed: int) -> tuple[Any, int]:
@@ -447,8 +152,6 @@ def fit_probe(
     x_tr, y_tr = x[tr], y[tr]
     if task_type == SINGLE and len(np.unique(y_tr)) < 2:
         raise AudioPGError(f"split {split.name}: the training part holds a single class")
-    import contextlib
-
     with (threadpool_limits(limits=threads) if threads else contextlib.nullcontext()):
         if split.val is not None and len(split.val):
             va = np.asarray(split.val)
@@ -456,7 +159,7 @@ def fit_probe(
             path_model = _pipeline(task_type, grid[0], seed, warm_start=True)
             for p in grid:
                 _fit_quiet(_set_param(path_model, task_type, p), x_tr, y_tr, convergence)
-                scores.append(_score(task_type, path_model, x[va], y[va])[0])
+                scores.append(task_score(task_type, y[va], _output(task_type, path_model, x[va]))[0])
             n_val = len(va)
         else:
             g = None if groups is None else np.asarray(groups)[tr]
@@ -469,7 +172,7 @@ def fit_probe(
                 path_model = _pipeline(task_type, grid[0], seed, warm_start=True)
                 for j, p in enumerate(grid):
                     _fit_quiet(_set_param(path_model, task_type, p), x_tr[itr], y_tr[itr], convergence)
-                    per_fold[f, j] = _score(task_type, path_model, x_tr[iva], y_tr[iva])[0]
+                    per_fold[f, j] = task_score(task_type, y_tr[iva], _output(task_type, path_model, x_tr[iva]))[0]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 scores = list(np.nanmean(per_fold, axis=0))
@@ -477,7 +180,7 @@ def fit_probe(
         scores = [s if np.isfinite(s) else -np.inf for s in scores]
         best = grid[int(np.argmax(scores))]
         model = _fit_quiet(_pipeline(task_type, best, seed), x_tr, y_tr, convergence)
-        score, extra, pred = _score(task_type, model, x[te], y[te])
+        score, extra, pred = task_score(task_type, y[te], _output(task_type, model, x[te]))
     extra = {**extra, "selection_scores": [None if not np.isfinite(s) else float(s) for s in scores]}
     return FoldResult(split.name, len(tr), len(te), float(score), float(best), n_val, extra,
                       y[te] if keep_predictions and pred is not None else None,
@@ -518,15 +221,12 @@ def probe_features(
     return ModelResult(name, description, dataset.metric, folds, notes)
 
 
-# ----------------------------------------------------------------------------- CPU threads
 # ----------------------------------------------------------------------------- the whole run
 BASELINES = ("random", "handcrafted")
 
 
 def parse_baselines(text: str | Sequence[str] | None) -> list[str]:
     """``"random,handcrafted"`` -> ["random", "handcrafted"]; "" or None -> []; unknown names raise."""
-    from audiopg.core.errors import ConfigError
-
     if text is None:
         return []
     names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s and s.strip()]
@@ -563,8 +263,6 @@ def run_probe(
     handcrafted baseline can run.  ``cache_dir``: None = :func:`default_cache_dir`,
     False = no cache.
     """
-    from audiopg.eval.report import write_report
-
     log = log or (lambda msg: None)
     t0 = time.time()
     baselines = list(baselines)
@@ -576,9 +274,6 @@ def run_probe(
         if checkpoint is None:
             raise AudioPGError("--checkpoint is needed for the pretrained model and the random-init baseline "
                                "(or run only --baselines handcrafted --no-pretrained)")
-        from audiopg.model.checkpoint import resolve_encoder_path
-        from audiopg.model.encoder import Encoder
-
         path = resolve_encoder_path(checkpoint)
         sha = file_sha256(path)
         options["checkpoint"] = str(path)

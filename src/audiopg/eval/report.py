@@ -9,6 +9,7 @@ get ``confusion_<model>.png`` (test predictions of every split summed).
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -145,8 +146,6 @@ def plot_confusion(cm: np.ndarray, classes: Sequence[str], path: str | os.PathLi
     ax.set_title(f"{title} (accuracy {100 * acc:.1f} %)", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     fig.tight_layout()
-    import io
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)

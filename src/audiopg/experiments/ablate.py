@@ -1,25 +1,6 @@
 """World ablation: pre-train one small model per world variant and seed, probe each, tabulate.
 
-A *variant* is a world preset, optionally with source families switched off:
-``paper``, ``rich``, ``rich-no-voice``, ``rich-no-voice+room``...  Every variant
-is pre-trained with the same budget (``minutes`` or ``steps``) and the same seeds
-(0 .. seeds-1), each run in an ordinary pre-training run folder::
-
-    OUT/<variant>/seed<k>/                 config.json, state.pt, encoder.safetensors... (audiopg pretrain)
-    OUT/<variant>/seed<k>/probe/<task>/    results.json, results.md (audiopg probe)
-    OUT/handcrafted/<task>/                the handcrafted baseline, probed once
-    OUT/ablation.json, ablation.md, ablation.png
-
-Each encoder is then probed like ``benchmarks/transfer_cpu.py`` does on the shared
-evaluation data: FSDD's own split (``fsdd-own``), FSDD leave-one-speaker-out
-(``fsdd-loso``) and the ESC-50 part (``esc50``: fold 4 + 14 clips, 5-fold CV grouped
-by source recording).  A task whose data folder is absent is skipped with a note.
-
-Resumable: a run folder holding ``encoder.safetensors`` is reused (after checking
-that its config is the one asked for), one holding only ``state.pt`` is resumed,
-and a probe whose ``results.json`` matches the encoder and the data is reused.
-The summary files are rewritten (atomically) after every probed run, so they
-always show what is done so far.
+docs/experiments.md ("World ablation") has the details.
 """
 from __future__ import annotations
 
@@ -32,18 +13,34 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from audiopg.core.errors import AudioPGError, ConfigError
-from audiopg.core.io import atomic_write_bytes, atomic_write_text
+from audiopg.core.io import atomic_write_bytes, atomic_write_text, file_sha256
+from audiopg.eval.datasets import default_data_root, load_dataset
+from audiopg.eval.metrics import mean_std
+from audiopg.eval.probe import run_probe
+from audiopg.eval.report import format_score
+from audiopg.model.checkpoint import resolve_encoder_path
+from audiopg.synth import load_world_config
+from audiopg.train.config import build_pretrain_config
+from audiopg.train.pretrain import pretrain
+from audiopg.train.run_dir import (
+    CONFIG_FILE,
+    ENCODER_FILE,
+    METRICS_FILE,
+    RECON_FILE,
+    STATE_FILE,
+    check_resume_config,
+    load_run_config,
+)
 
 __all__ = [
     "FAMILY_OVERRIDES",
-    "TASKS",
+    "PROBE_TASKS",
     "AblationInterrupted",
     "Variant",
     "parse_families",
     "parse_tasks",
     "parse_variant",
     "default_variants",
-    "default_data_root",
     "run_config",
     "run_ablation",
 ]
@@ -62,7 +59,7 @@ FAMILY_OVERRIDES: dict[str, tuple[str, ...]] = {
 }
 
 # task name -> (dataset loader, folder below the data root, FSDD protocol); as in benchmarks/transfer_cpu.py
-TASKS: dict[str, tuple[str, str, str | None]] = {
+PROBE_TASKS: dict[str, tuple[str, str, str | None]] = {
     "fsdd-own": ("fsdd", "fsdd", "own"),
     "fsdd-loso": ("fsdd", "fsdd", "loso"),
     "esc50": ("esc50", "esc50-fold4", None),
@@ -147,7 +144,6 @@ def default_variants(preset: str = "rich", without: Sequence[str] = tuple(FAMILY
 
 def check_variant(variant: Variant) -> None:
     """ConfigError unless the preset loads and every removed family changes the world (it was on)."""
-    from audiopg.synth import load_world_config
 
     try:
         base = load_world_config(variant.preset)
@@ -166,28 +162,17 @@ def check_variant(variant: Variant) -> None:
 # ----------------------------------------------------------------------------- tasks and data
 def parse_tasks(text: str | Sequence[str] | None) -> list[str]:
     if text is None:
-        return list(TASKS)
+        return list(PROBE_TASKS)
     names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s and s.strip()]
     out = []
     for n in names:
         n = TASK_ALIASES.get(n, n)
-        if n not in TASKS:
-            raise ConfigError("tasks", f"unknown task {n!r} (known: {', '.join(TASKS)})")
+        if n not in PROBE_TASKS:
+            raise ConfigError("tasks", f"unknown task {n!r} (known: {', '.join(PROBE_TASKS)})")
         out.append(n)
     if not out:
         raise ConfigError("tasks", "no task given")
     return list(dict.fromkeys(out))
-
-
-def default_data_root() -> Path:
-    """``$AUDIOPG_DATA``, else ``shared/data`` beside the checkout (``../shared/data`` from its root)."""
-    env = os.environ.get("AUDIOPG_DATA")
-    if env:
-        return Path(env).expanduser()
-    checkout = Path(__file__).resolve().parents[3]
-    if (checkout / "pyproject.toml").exists():
-        return checkout.parent / "shared" / "data"
-    return Path.cwd().parent / "shared" / "data"
 
 
 # ----------------------------------------------------------------------------- pre-training
@@ -196,7 +181,6 @@ def run_config(variant: Variant, seed: int, *, model_preset: str = "tiny", minut
                progress: bool = True):
     """The resolved :class:`PretrainConfig` of one run: ``overrides`` (``--set``), then the variant's world,
     then the flags (model preset, budget, seed, device)."""
-    from audiopg.train.config import build_pretrain_config
 
     for text in overrides:
         key = text.split("=", 1)[0].strip()
@@ -210,16 +194,6 @@ def run_config(variant: Variant, seed: int, *, model_preset: str = "tiny", minut
 
 def _train(config, run_dir: Path, log: Callable[[str], None]) -> dict:
     """Pre-train (or reuse / resume) one run; returns {status, steps, wall_s}."""
-    from audiopg.train.pretrain import (
-        CONFIG_FILE,
-        ENCODER_FILE,
-        METRICS_FILE,
-        RECON_FILE,
-        STATE_FILE,
-        check_resume_config,
-        load_run_config,
-        pretrain,
-    )
 
     if (run_dir / ENCODER_FILE).exists():
         saved, data = load_run_config(run_dir)
@@ -264,9 +238,6 @@ def _same_probe(path: Path, dataset, sha: str | None) -> dict | None:
 def _probe(dataset, out: Path, *, checkpoint: Path | None, device: str, batch_size: int, cache_dir,
            progress: bool, log: Callable[[str], None]) -> tuple[dict, bool]:
     """Probe the encoder of ``checkpoint`` (None: the handcrafted baseline); returns (model result, reused)."""
-    from audiopg.core.io import file_sha256
-    from audiopg.eval.probe import run_probe
-    from audiopg.model.checkpoint import resolve_encoder_path
 
     sha = None if checkpoint is None else file_sha256(resolve_encoder_path(checkpoint))
     name = HANDCRAFTED if checkpoint is None else "pretrained"
@@ -305,7 +276,6 @@ def run_ablation(
     ``cache_dir`` is the probe's embedding cache (None: audiopg's default, False: none).
     Raises :class:`AblationInterrupted` when a run is stopped by a signal.
     """
-    from audiopg.eval.datasets import load_dataset
 
     log = log or (lambda msg: print(msg, flush=True))
     out = Path(out_dir)
@@ -330,13 +300,6 @@ def run_ablation(
                                             overrides=overrides, device=device, progress=progress)
 
     # runs already in the folder must have been started with these settings
-    from audiopg.train.pretrain import (
-        CONFIG_FILE,
-        ENCODER_FILE,
-        STATE_FILE,
-        check_resume_config,
-        load_run_config,
-    )
 
     for (name, k), config in configs.items():
         run_dir = out / name / f"seed{k}"
@@ -346,7 +309,7 @@ def run_ablation(
     # the data: load each task's dataset now, skip those whose folder is absent
     datasets, task_info = {}, {}
     for t in tasks:
-        loader, sub, protocol = TASKS[t]
+        loader, sub, protocol = PROBE_TASKS[t]
         root = data_root / sub
         if not root.exists():
             note = f"no data: {root} not found"
@@ -398,7 +361,7 @@ def run_ablation(
         res, reused = _probe(ds, out / HANDCRAFTED / t, checkpoint=None, device=device, batch_size=probe_batch_size,
                              cache_dir=cache_dir, progress=progress, log=log)
         summary["handcrafted"][t] = {**res, "reused": reused}
-        log(f"   {HANDCRAFTED} {t}: {_fmt(res['metric'], res['mean'])}" + (" (reused)" if reused else ""))
+        log(f"   {HANDCRAFTED} {t}: {format_score(res['metric'] or 'accuracy', res['mean'])}" + (" (reused)" if reused else ""))
 
     # every run: seed-major, so that a complete set of variants exists after each seed
     i = 0
@@ -415,7 +378,7 @@ def run_ablation(
                 res, reused = _probe(ds, run_dir / "probe" / t, checkpoint=run_dir, device=device,
                                      batch_size=probe_batch_size, cache_dir=cache_dir, progress=progress, log=log)
                 info["scores"][t] = {**res, "reused": reused}
-                log(f"   {v.name} seed {k} {t}: {_fmt(res['metric'], res['mean'])}" + (" (reused)" if reused else ""))
+                log(f"   {v.name} seed {k} {t}: {format_score(res['metric'] or 'accuracy', res['mean'])}" + (" (reused)" if reused else ""))
             summary["runs"][v.name][f"seed{k}"] = info
             _aggregate(summary, variants, list(datasets))
             summary["seconds"] = round(time.time() - t_all, 1)
@@ -431,7 +394,6 @@ def _aggregate(summary: dict, variants: Sequence[Variant], tasks: Sequence[str])
     """Over the seeds done so far: ``results[variant][task]`` = mean and std (population) of the scores,
     ``steps[variant]`` = mean optimizer steps, and ``differences`` = seed-paired score differences
     (see :func:`paired_differences`)."""
-    from audiopg.eval.metrics import mean_std
 
     results, steps = {}, {}
     for v in variants:
@@ -458,7 +420,6 @@ def paired_differences(summary: dict, variants: Sequence[Variant], tasks: Sequen
     ``P`` minus ``paper``.  Each entry: ``{"a", "b", "label", "tasks": {task: {"mean", "std", "n_seeds",
     "seeds"}}}`` with mean and std (population) over the seeds both runs have done.
     """
-    from audiopg.eval.metrics import mean_std
 
     names = {v.name for v in variants}
     pairs = []
@@ -483,12 +444,6 @@ def paired_differences(summary: dict, variants: Sequence[Variant], tasks: Sequen
 
 
 # ----------------------------------------------------------------------------- outputs
-def _fmt(metric: str | None, value: Any) -> str:
-    from audiopg.eval.report import format_score
-
-    return format_score(metric or "accuracy", value)
-
-
 def _metric_of(summary: dict, task: str) -> str:
     return summary["tasks"].get(task, {}).get("metric") or "accuracy"
 
@@ -507,7 +462,7 @@ def format_table(summary: dict) -> list[str]:
             if r is None:
                 cells.append("–")
                 continue
-            cell = f"{_fmt(_metric_of(summary, t), r['mean'])} ± {_fmt(_metric_of(summary, t), r['std'])}"
+            cell = f"{format_score(_metric_of(summary, t), r['mean'])} ± {format_score(_metric_of(summary, t), r['std'])}"
             if r["n_seeds"] < n_seeds:
                 cell += f" (n={r['n_seeds']})"
             cells.append(cell)
@@ -518,7 +473,7 @@ def format_table(summary: dict) -> list[str]:
     for t in tasks:
         r = summary["handcrafted"].get(t)
         cells.append("–" if r is None else
-                     f"{_fmt(_metric_of(summary, t), r['mean'])} ± {_fmt(_metric_of(summary, t), r['std'])}")
+                     f"{format_score(_metric_of(summary, t), r['mean'])} ± {format_score(_metric_of(summary, t), r['std'])}")
     lines.append("| " + " | ".join(cells + ["–"]) + " |")
     return lines
 

@@ -1,59 +1,7 @@
 """``audiopg.Encoder``: a pre-trained encoder with its preprocessing, from waveforms to embeddings.
 
-    >>> enc = Encoder.from_pretrained("runs/paper-tiny")          # run folder, model folder or .safetensors
-    >>> out = enc.embed(waves, sample_rate=44100)                  # (B, N) array, 1-D array or list of 1-D
-    >>> out.scene.shape                                            # (B, enc.embedding_size)
-
-Preprocessing (what the checkpoint's metadata says the model was trained on)
-----------------------------------------------------------------------------
-1. Resample to :attr:`Encoder.sample_rate` with soxr (:func:`audiopg.audio.io.resample`).
-2. Peak-normalize every clip to a peak of 1 when the world that trained the
-   encoder did (``metadata["world"]["peak_normalize"]``, the world's default
-   is true); ``normalize=False`` switches it off, ``True`` forces it.  All-zero
-   clips are left alone.  Long clips are normalized as a whole, not per window.
-3. Kaldi log-mel filterbank (:class:`audiopg.audio.fbank.Fbank`, the metadata's
-   settings) and the metadata's feature statistics ``(x - mean) / (2 std)``.
-
-Windowing
----------
-The encoder was trained on windows of ``num_frames`` frames
-(:attr:`Encoder.window_seconds`, e.g. 2.56 s).  A clip is first padded at the
-end to at least one window and to a whole number of 16-frame patch columns,
-with white noise (fixed seed; never digital zeros, whose log-mel values sit at
-the log floor, a level the world never produces) at the quietest background
-level of the training world (``metadata["world"]["background"]["level"][0]``,
-1e-3 of full scale for the paper world), or :data:`audiopg.audio.io.PAD_NOISE_LEVEL`
-(also 1e-3) when the world has none; ``pad_noise_level`` overrides it.  The
-noise is added after peak normalization, so it is relative to the clip's peak.
-
-* Short clips (up to one window): one window.  Pooling averages only the patch
-  columns that hold signal (a column holds signal when at least one of its
-  frames lies entirely inside the clip; a clip shorter than one 25 ms frame
-  has one such column); the padding columns are still seen by attention, and
-  the CLS token (``pool="cls"``) attends to everything.
-* Longer clips: windows of the training length every ``hop`` (default half a
-  window, a whole number of patch columns), plus a last window aligned with the
-  end so the tail is covered.  Each window is pooled on its own; the scene
-  embedding is the mean of the windows' pooled embeddings.
-
-Time-stamped embeddings (``embed(..., timestamps=True)``, :meth:`Encoder.embed_timestamps`)
------------------------------------------------------------------------------------------
-A patch column spans 16 frames: 160 ms of hop, 175 ms of audio with the 25 ms
-analysis window.  To get a finer grid honestly (not by repeating values), the
-encoder runs on ``d`` copies of the spectrogram shifted by ``160 / d`` ms --
-for the default ``timestamp_hop_ms=50``, ``d = 4`` and the shifts are 0, 40,
-80 and 120 ms (4 frames each, which equals shifting the audio, since every
-frame is computed from its own samples only).  Each column's embedding is the
-mean of its tokens over the frequency patches (averaged over the overlapping
-windows that contain it); interleaving the copies gives one embedding every
-40 ms, stamped at the centre of its column's span.  The clip gets 80 ms of the
-noise floor in front (as it gets noise at the end), so the first centre is at
-7.5 ms, not 87.5 ms: the timestamps are ``7.5 + 40 k`` ms up to the last one
-not after the end of the clip, and the first and last embeddings describe
-spans that reach past the clip's edges into the noise floor.  A clip shorter
-than 7.5 ms gets one embedding, stamped at its middle.  Cost: ``d`` (= 4)
-times the encoder work of a scene embedding of the same clip
-(``embed(..., timestamps=True)`` adds the scene pass itself).
+Preprocessing follows the checkpoint's metadata (resample, peak-normalize, Kaldi fbank, the training
+statistics); short clips are padded with a noise floor, long ones windowed; docs/encoder.md says how.
 """
 from __future__ import annotations
 
@@ -283,7 +231,7 @@ class Encoder(nn.Module):
         Runs under ``torch.inference_mode``; the returned tensors are ordinary
         (non-inference) tensors on the encoder's device.
         """
-        self._check_layer_pool(layer, pool)
+        self.check_layer_pool(layer, pool)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if timestamps and layer == "all":
@@ -311,7 +259,7 @@ class Encoder(nn.Module):
         timestamp_hop_ms: float = 50.0,
     ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | list[torch.Tensor]]:
         """Only the time-stamped embeddings of :meth:`embed` (``frames``, ``timestamps`` in ms), without the scene pass."""
-        self._check_layer_pool(layer, "mean")
+        self.check_layer_pool(layer, "mean")
         if layer == "all":
             raise ValueError("time-stamped embeddings need a single layer (an int), not layer='all'")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -337,7 +285,8 @@ class Encoder(nn.Module):
         return torch.stack(specs) if stacked else specs
 
     # ------------------------------------------------------------------ preparation
-    def _check_layer_pool(self, layer: Any, pool: Any) -> None:
+    def check_layer_pool(self, layer: Any, pool: Any) -> None:
+        """Raise ValueError unless ``layer`` (-1, "all" or a block index) and ``pool`` are valid here."""
         if pool not in ("mean", "cls"):
             raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
         if layer == "all":

@@ -154,10 +154,6 @@ class MaskedAutoencoder(nn.Module):
         return (per_patch * mask).sum() / mask.sum().clamp(min=1.0)
 
     # ------------------------------------------------------------------ model
-    def random_masking(self, x: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None):
-        """See :func:`random_masking`."""
-        return random_masking(x, mask_ratio, generator)
-
     def forward_encoder(
         self, spec: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

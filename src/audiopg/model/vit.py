@@ -293,11 +293,6 @@ class ViTEncoder(nn.Module):
         """
         return self.pos_embed(grid_t, grid_f, self.cls_token.device if device is None else device)
 
-    def grid_size(self, x: torch.Tensor) -> tuple[int, int]:
-        """(grid_t, grid_f) patch grid of a (B, T, F) or (B, 1, T, F) spectrogram batch (validated)."""
-        x = as_spectrogram_batch(x, self.config)
-        return x.shape[2] // self.patch_size, x.shape[3] // self.patch_size
-
     def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embeddings plus position embeddings, ``(B, L, D)``, no CLS, nothing masked."""
         x = as_spectrogram_batch(x, self.config)
@@ -403,7 +398,3 @@ def gather_tokens(tokens: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"mask_ids_keep must be an integer tensor, got {ids.dtype}")
     ids = ids.to(device=tokens.device, dtype=torch.int64)
     return torch.gather(tokens, 1, ids[:, :, None].expand(-1, -1, tokens.shape[-1]))
-
-
-def count_parameters(module: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -1,4 +1,4 @@
-"""The procedural sound world: sources, composition rules and their ground-truth factors."""
+"""The procedural sound world: sources, composition rules and their ground-truth factors (docs/world.md)."""
 from audiopg.synth.config import (
     BackgroundConfig,
     DistanceConfig,
@@ -11,9 +11,9 @@ from audiopg.synth.config import (
     list_presets,
     load_world_config,
 )
-from audiopg.synth.sources import modal, strings, textures, voice  # noqa: F401  (register their source types)
-from audiopg.synth.sources.basic import SOURCES, Source, register_source
-from audiopg.synth.world import ClipBatch, Randomness, World
+from audiopg.synth.registry import SOURCES, Source, register_source
+from audiopg.synth.rng import Randomness
+from audiopg.synth.world import ClipBatch, World
 
 __all__ = [
     "BackgroundConfig", "ClipBatch", "DistanceConfig", "EventConfig", "LowpassConfig", "Randomness", "RoomConfig",

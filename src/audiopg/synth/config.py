@@ -1,11 +1,9 @@
 """Configuration of the procedural world: every range and probability in one frozen dataclass.
 
-``WorldConfig`` nests one small dataclass per stage (events, transients, low-pass,
-background, and the scene, room and distance stages, which are off unless a preset
-switches them on) and a mapping ``sources`` from a registered source name to that
-source's own config dataclass (see :mod:`audiopg.synth.sources.basic`).  Presets are
-YAML files in ``presets/``; ``load_world_config`` accepts a preset name or a
-path to a YAML/JSON file, plus ``key.sub=value`` overrides.
+``WorldConfig`` nests one small dataclass per stage (events, transients, low-pass, background, and the scene,
+room and distance stages, off unless a preset switches them on) and maps every source name of ``SOURCES`` it
+uses to that source's config dataclass.  Presets (``presets/*.yaml``) state only where they differ from these
+defaults; ``load_world_config`` takes a preset name or a YAML/JSON path and ``key.sub=value`` overrides.
 """
 from __future__ import annotations
 
@@ -14,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import audiopg.synth.sources  # noqa: F401  (importing it registers the built-in source types in SOURCES)
 from audiopg.core.config import (
     check_interval,
     check_probability,
@@ -24,6 +23,7 @@ from audiopg.core.config import (
     to_dict,
 )
 from audiopg.core.errors import ConfigError
+from audiopg.synth.registry import SOURCES
 
 PRESET_DIR = Path(__file__).parent / "presets"
 
@@ -137,7 +137,7 @@ class DistanceConfig:
 class WorldConfig:
     sample_rate: int = 16000  # Hz
     seconds: float = 10.24  # clip length
-    sources: dict[str, Any] = field(default_factory=dict)  # source name -> its config (see sources.py)
+    sources: dict[str, Any] = field(default_factory=dict)  # source name -> its config (see registry.py)
     events: EventConfig = EventConfig()  # temporal composition
     transient: TransientConfig = TransientConfig()  # onset noise bursts
     lowpass: LowpassConfig = LowpassConfig()  # spectral damping
@@ -149,16 +149,16 @@ class WorldConfig:
     peak_normalize: bool = True  # scale every finished clip to a peak of 1
 
     def __post_init__(self):
-        from audiopg.synth.sources.basic import SOURCES
-
         check_range("sample_rate", self.sample_rate, 1000, 384000)
         check_range("seconds", self.seconds, 0.05, 600.0)
         check_interval("signal_peak_db", self.signal_peak_db, -120.0, 40.0)
         nyquist = self.sample_rate / 2
         if self.lowpass.enabled and self.lowpass.cutoff[1] >= nyquist:
-            raise ConfigError("lowpass.cutoff", f"max {self.lowpass.cutoff[1]} Hz must be below Nyquist ({nyquist:g} Hz)")
+            raise ConfigError("lowpass.cutoff",
+                              f"max {self.lowpass.cutoff[1]} Hz must be below Nyquist ({nyquist:g} Hz)")
         if self.events.min_seconds > self.seconds:
-            raise ConfigError("events.min_seconds", f"{self.events.min_seconds} s is longer than the clip ({self.seconds} s)")
+            raise ConfigError("events.min_seconds",
+                              f"{self.events.min_seconds} s is longer than the clip ({self.seconds} s)")
         if not self.sources:
             raise ConfigError("sources", "at least one source type is needed")
         for name, cfg in self.sources.items():
@@ -186,8 +186,6 @@ class WorldConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "WorldConfig":
-        from audiopg.synth.sources.basic import SOURCES
-
         data = dict(data)
         raw_sources = data.pop("sources", None)
         if raw_sources is None:
@@ -205,27 +203,7 @@ class WorldConfig:
             if not isinstance(settings, Mapping):
                 raise ConfigError(f"sources.{name}", f"expected a mapping of settings, got {settings!r}")
             sources[name] = from_dict(SOURCES[name].config_cls, settings, prefix=f"sources.{name}")
-        data["sources"] = {}
-        base = from_dict(_WorldFields, data)
-        return cls(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)} | {"sources": sources})
-
-
-@dataclass(frozen=True)
-class _WorldFields:
-    """WorldConfig's fields without its validation, for parsing before sources are attached."""
-
-    sample_rate: int = 16000
-    seconds: float = 10.24
-    sources: dict[str, Any] = field(default_factory=dict)
-    events: EventConfig = EventConfig()
-    transient: TransientConfig = TransientConfig()
-    lowpass: LowpassConfig = LowpassConfig()
-    background: BackgroundConfig = BackgroundConfig()
-    scene: SceneConfig = SceneConfig()
-    room: RoomConfig = RoomConfig()
-    distance: DistanceConfig = DistanceConfig()
-    signal_peak_db: tuple[float, float] = (0.0, 0.0)
-    peak_normalize: bool = True
+        return from_dict(cls, data | {"sources": sources})  # the built source configs pass through as they are
 
 
 def list_presets() -> list[str]:

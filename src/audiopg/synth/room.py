@@ -1,29 +1,15 @@
-"""The synthetic room and the air between source and microphone.
+"""The synthetic room (a diffuse reverberant tail) and the air between a source and the microphone.
 
-* :func:`room_impulse_response`: the diffuse reverberant tail of a room as white
-  noise under an exponential envelope that falls by 60 dB in ``rt60`` seconds
-  (Sabine/Eyring: in a diffuse field the energy decays exponentially), scaled to
-  unit energy.  The world adds it to the direct sound at an amplitude fixed by the
-  room's critical distance (see ``World._compose``).
-* :func:`air_absorption_response`: air absorbs high frequencies in proportion to
-  the path length and, over the audio band, roughly to the square of frequency
-  (ISO 9613-1 gives about 0.1 dB/m at 8 kHz at 20 C and 50 % humidity); as a
-  zero-phase low-pass over a one-sided spectrum.
-* :func:`schroeder_rt60`: the reverberation time measured back from an impulse
-  response or a reverberant tail (Schroeder's backward integration and a line fit
-  to the energy decay curve), for tests and analysis.
+Both are applied in ``audiopg.synth.render``; ``schroeder_rt60`` measures a reverberation time back (docs/world.md).
 """
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
-if TYPE_CHECKING:
-    from audiopg.synth.world import Randomness
-
-DB60 = 3 * math.log(10)  # ln(1000): amplitude e-folds per 60 dB
+from audiopg.synth.registry import DB60
+from audiopg.synth.rng import Randomness
 
 
 def fft_size(n: int) -> int:
@@ -42,7 +28,7 @@ def fft_size(n: int) -> int:
     return best
 
 
-def room_impulse_response(rt60: torch.Tensor, length: int, sample_rate: int, rng: "Randomness") -> torch.Tensor:
+def room_impulse_response(rt60: torch.Tensor, length: int, sample_rate: int, rng: Randomness) -> torch.Tensor:
     """Reverberant tails (m, length) of unit energy: Gaussian noise times exp(-ln(1000) t / rt60).
 
     The noise is drawn for every row (the random stream does not depend on the values);

@@ -1,112 +1,22 @@
-"""The procedural world: draws ground-truth factors for a batch of clips and renders them.
+"""The procedural world: draws every ground-truth factor of a batch of clips, then has them rendered.
 
-Everything is a batched tensor operation on the world's device; every random
-draw goes through one ``torch.Generator``, in a fixed order, so the same seed
-and device give the same clips.  A clip is made in this order:
-
-1. a source signal over the whole clip (one source per clip, see ``sources.py``);
-2. 1-N events, each an ADSR-enveloped stretch of the source at a random onset.
-   Events take the source at the clip time where they sit (all sources are
-   stationary, so this is the same sound as a cut from elsewhere) and may
-   overlap.  Onsets and ADSR segment edges lie on a 1 ms grid, where the
-   piecewise-linear envelopes are built and then interpolated, exactly;
-3. an optional decaying white-noise burst at each event's onset (transient);
-4. an optional 2nd-order Butterworth low-pass (bilinear transform, the
-   filter ``scipy.signal.butter(2, cutoff)`` designs), applied as its frequency
-   response to the periodic source (exact circular filtering, before its one
-   inverse FFT) and to each burst (zero-padded FFT, exact).  Filtering the source
-   before the envelope rather than the enveloped mix differs only where an
-   envelope changes within the filter's impulse response (about 1 ms at the
-   lowest cutoff), while attacks take 5 ms or more;
-5. optionally (all off in ``paper``; see ``_compose``): further sources of a
-   scene, each made by steps 1-4 on its own and mixed in at its relative level;
-   every source at its own distance (level ~ 1 / distance, air absorption as a
-   low-pass that deepens with distance); a synthetic room (an exponentially
-   decaying noise impulse response of a drawn RT60) that reverberates the mix;
-6. scaling to the signal peak (0 dBFS by default), white (uniform) background noise, and
-   peak normalization.
-
-Scenes.  With ``scene.sources_per_clip = [1, S]`` (S > 1) every clip has S source
-slots, of which the first ``scene_count`` sound.  Slot 0 is the *main source*: its
-factors keep the 1-D / per-event layout of a one-source world (``source``, ``f0``,
-``event_onset`` (n, E), ...).  Every per-source factor ``k`` (the source type, its
-own factors, its events and transients, its ``distance``) is also given for all
-slots as ``scene_k`` of shape (n, S, ...), whose slot 0 equals ``k``; slots at or
-beyond ``scene_count`` hold the fill values (NaN, -1, 0 events).  A further slot
-``s`` starts at ``scene_start[:, s]`` (``scene.onset`` times the clip length, at
-most the clip length less ``events.min_seconds``; 0 for the main source): its
-events lie between that time and the clip's end.  ``scene_onset`` is each slot's
-first event onset (when it starts sounding) and ``scene_level_db`` its level, the
-RMS of its loudest event relative to the main source's loudest event (0 dB),
-measured on the rendered sources (exact), before distance and room.  Fixing
-``scene_k`` sets factor ``k`` of every slot (its value broadcast to (n, S, ...));
-fixing ``k`` sets the main source's, after that.  Derived factors (``scene_onset``,
-``drr_db``) are made after fixed factors are set.  With one slot (``paper``) no
-scene factor exists and nothing extra is drawn; the room and distance factors
-(``rt60``, ``critical_distance``, ``drr_db``; ``distance``) exist only where those
-stages are switched on.
-
-Relative intensity factors are exact by construction: every source has an RMS
-of 1, so event ``e`` has RMS ``10 ** (event_level_db / 20)`` before the low-pass
-(which scales all events of a clip alike).  ``snr_db`` and ``rms_db`` are
-measured on the rendered signals.
+Every draw goes through one ``Randomness`` in a fixed order, so the same seed and device give the same clips.
+docs/world.md describes the factors, the scenes' layout and how fixed factors are set.
 """
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 
 from audiopg.synth.config import WorldConfig
-from audiopg.synth.room import air_absorption_response, fft_size, room_impulse_response
-from audiopg.synth.sources.basic import SOURCES, Partials, place_partials
+from audiopg.synth.registry import SOURCES
+from audiopg.synth.render import EnabledSource, Renderer
+from audiopg.synth.rng import Randomness
 
-CONTROL_RATE_HZ = 1000  # envelope control points per second (1 ms grid)
 CPU_CHUNK_SAMPLES = 8 * 163840  # audio samples rendered at a time on a CPU (8 clips of 10.24 s)
-AIR_PAD = 256  # zero padding for the air absorption's (zero-phase, sub-millisecond) impulse response
-
-
-class Randomness:
-    """Every random draw of the world, from one generator.
-
-    With ``shared=True`` each draw is made for one clip and repeated for all,
-    so that a batch holds one clip's factors (sweeps vary one factor on top).
-    """
-
-    def __init__(self, generator: torch.Generator, shared: bool = False):
-        self.generator = generator
-        self.device = generator.device
-        self.shared = shared
-
-    def _shape(self, shape) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        return ((1,) + shape[1:] if self.shared else shape), shape
-
-    def uniform(self, shape, low: float = 0.0, high: float = 1.0) -> torch.Tensor:
-        draw, full = self._shape(shape)
-        u = torch.rand(draw, generator=self.generator, device=self.device)
-        return (low + (high - low) * u).expand(full)
-
-    def integers(self, shape, low: int, high: int) -> torch.Tensor:
-        """Uniform integers in [low, high], both included."""
-        draw, full = self._shape(shape)
-        return torch.randint(int(low), int(high) + 1, draw, generator=self.generator, device=self.device).expand(full)
-
-    def normal(self, shape) -> torch.Tensor:
-        draw, full = self._shape(shape)
-        return torch.randn(draw, generator=self.generator, device=self.device).expand(full)
-
-    def complex_normal(self, shape) -> torch.Tensor:
-        draw, full = self._shape(shape)
-        return torch.randn(draw, generator=self.generator, device=self.device, dtype=torch.complex64).expand(full)
-
-    def categorical(self, n: int, weights: torch.Tensor) -> torch.Tensor:
-        draw, full = self._shape(n)
-        return torch.multinomial(weights.expand(draw[0], -1), 1, replacement=True, generator=self.generator)[:, 0].expand(full)
 
 
 @dataclass
@@ -180,18 +90,17 @@ class World:
     def __init__(self, config: WorldConfig, device: str | torch.device = "cpu"):
         self.config = config
         self.device = torch.device(device)
-        self.sources = [(name, SOURCES[name], cfg) for name, cfg in config.sources.items()
-                        if cfg.enabled and cfg.weight > 0]
         self.source_codes = {name: i for i, name in enumerate(config.source_names)}
+        self.sources = [EnabledSource(self.source_codes[name], name, SOURCES[name], cfg)
+                        for name, cfg in config.sources.items() if cfg.enabled and cfg.weight > 0]
         weights = torch.zeros(len(config.source_names))
-        for name, _, cfg in self.sources:
-            weights[self.source_codes[name]] = cfg.weight
+        for code, _, _, cfg in self.sources:
+            weights[code] = cfg.weight
         self.source_weights = (weights / weights.sum()).to(self.device)
+        self.enabled_codes = torch.tensor([s.code for s in self.sources], device=self.device)
         self.num_samples = config.num_samples
-        self.hop = max(1, round(config.sample_rate / CONTROL_RATE_HZ))  # samples per envelope control step
-        self.control_steps = math.ceil((self.num_samples - 1) / self.hop)
         self.slots = config.scene.slots  # source slots per clip (1: no scene)
-        self.composed = self.slots > 1 or config.room.enabled or config.distance.enabled
+        self.renderer = Renderer(config, self.sources, self.device)
 
     # ------------------------------------------------------------------ public API
     def generator(self, seed: int) -> torch.Generator:
@@ -212,10 +121,10 @@ class World:
         factors = self.sample_factors(n, rng, fixed or {})
         chunk = max(1, CPU_CHUNK_SAMPLES // self.num_samples) if self.device.type == "cpu" else n
         if n <= chunk:
-            audio = self.render(factors, rng)
+            audio = self.renderer.render(factors, rng)
         else:  # on a CPU, a few clips at a time keep the working set in cache (several times faster)
             parts = [{k: v[i:i + chunk] for k, v in factors.items()} for i in range(0, n, chunk)]
-            audio = torch.cat([self.render(part, rng) for part in parts])
+            audio = torch.cat([self.renderer.render(part, rng) for part in parts])
             factors = {k: torch.cat([part[k] for part in parts]) for k in parts[0]}
         return ClipBatch(audio=audio, factors=factors, config=self.config)
 
@@ -241,8 +150,7 @@ class World:
         if cfg.room.enabled:
             f.update(self._sample_room(n, rng))
         if cfg.distance.enabled:
-            d = cfg.distance.distance
-            dist = rng.uniform((n, self.slots), math.log(d[0]), math.log(d[1])).exp()
+            dist = rng.log_uniform((n, self.slots), *cfg.distance.distance)
             for s, fs in enumerate(slots):
                 fs["distance"] = dist[:, s]
             slot_keys.append("distance")
@@ -273,9 +181,9 @@ class World:
             self._override_slot(f, fixed, "scene_source", slot, n)
         if slot == 0:
             self._override(f, fixed, "source", n)
-        for name, source, scfg in self.sources:
+        for code, name, source, scfg in self.sources:
             drawn = source.sample(scfg, n, rng)
-            mine = f["source"] == self.source_codes[name]
+            mine = f["source"] == code
             for key, value in drawn.items():
                 fill = source.factor_fill.get(key, math.nan)
                 if key not in f:
@@ -300,8 +208,8 @@ class World:
     def _sample_room(self, n: int, rng: Randomness) -> dict[str, torch.Tensor]:
         rm = self.config.room
         apply = rng.uniform(n) < rm.probability
-        rt60 = rng.uniform(n, math.log(rm.rt60[0]), math.log(rm.rt60[1])).exp()
-        distance = rng.uniform(n, math.log(rm.critical_distance[0]), math.log(rm.critical_distance[1])).exp()
+        rt60 = rng.log_uniform(n, *rm.rt60)
+        distance = rng.log_uniform(n, *rm.critical_distance)
         nan = torch.full_like(rt60, math.nan)
         return {"rt60": torch.where(apply, rt60, nan), "critical_distance": torch.where(apply, distance, nan)}
 
@@ -391,10 +299,10 @@ class World:
         try:
             f[key] = torch.broadcast_to(value.to(ref.dtype), ref.shape).clone()
         except RuntimeError:
-            raise ValueError(f"fixed factor {key!r}: shape {tuple(value.shape)} does not fit {tuple(ref.shape)}") from None
+            raise ValueError(f"fixed factor {key!r}: shape {tuple(value.shape)} "
+                             f"does not fit {tuple(ref.shape)}") from None
         if key == "source":
-            bad = ~torch.isin(f[key], torch.tensor([self.source_codes[s] for s, _, _ in self.sources], device=self.device))
-            if bad.any():
+            if not torch.isin(f[key], self.enabled_codes).all():
                 raise ValueError(f"fixed source {fixed[key]!r} is switched off in this world")
 
     def _override_slot(self, f: dict, fixed: Mapping[str, Any], key: str, slot: int, n: int) -> None:
@@ -412,8 +320,7 @@ class World:
                              f"{(n, self.slots, *ref.shape[1:])}") from None
         f[own] = value[:, slot].clone()
         if own == "source":
-            codes = torch.tensor([self.source_codes[s] for s, _, _ in self.sources], device=self.device)
-            if not torch.isin(f[own], codes).all():
+            if not torch.isin(f[own], self.enabled_codes).all():
                 raise ValueError(f"fixed {key} {fixed[key]!r} holds a source that is switched off in this world")
 
     def _category_code(self, key: str, name: str) -> int:
@@ -433,7 +340,7 @@ class World:
     def _derive_events(self, f: dict[str, torch.Tensor]) -> None:
         """Snap times to the control grid, mark unused event slots, re-reference levels."""
         E = f["event_onset"].shape[1]
-        step = self.hop / self.config.sample_rate
+        step = self.renderer.hop / self.config.sample_rate  # the renderer's control grid
         length = self.config.seconds
         dur = torch.clamp(torch.round(f["event_duration"] / step) * step, min=step, max=length)
         onset = torch.clamp(torch.round(f["event_onset"] / step) * step, min=0.0)
@@ -455,278 +362,3 @@ class World:
         f["transient_seconds"] = torch.where(off, nan, f["transient_seconds"])
         f["transient_level"] = torch.where(off, nan, f["transient_level"])
 
-    # ------------------------------------------------------------------ rendering
-    def render(self, f: dict[str, torch.Tensor], rng: Randomness) -> torch.Tensor:
-        cfg = self.config
-        n, N = f["source"].shape[0], self.num_samples
-        x = torch.empty(n, N, device=self.device)
-        self._render_sources(x, f, rng)
-        event_rms = self._apply_events(x, f)
-        self._add_transients(x, f, event_rms, rng)
-        if self.composed:
-            x = self._compose(x, f, event_rms, rng)
-        x.mul_(10 ** (f["signal_peak_db"][:, None] / 20) / _peak(x))
-        signal_power = _power(x)
-        if cfg.background.enabled:
-            # uniform white noise with standard deviation noise_level (as the published code adds;
-            # its spectrum is as flat as Gaussian noise's, and it is cheaper to draw)
-            half_width = math.sqrt(3.0) * f["noise_level"][:, None]
-            noise = torch.addcmul(-half_width, rng.uniform((n, N)), 2 * half_width)
-            f["snr_db"] = 10 * torch.log10(signal_power / _power(noise).clamp_min(1e-30))
-            x.add_(noise)
-        else:
-            f["snr_db"] = torch.full_like(signal_power, math.inf)
-        if cfg.peak_normalize:
-            x.div_(_peak(x))
-        f["rms_db"] = 10 * torch.log10(_power(x).clamp_min(1e-30))
-        return x
-
-    def _compose(self, x: torch.Tensor, f: dict[str, torch.Tensor], event_rms: torch.Tensor,
-                 rng: Randomness) -> torch.Tensor:
-        """The scene's further sources, distances and room on top of the main source ``x`` (n, N).
-
-        Every further slot is rendered like the main source (source, events, transients, low-pass of
-        the clip), for the clips where it sounds, and scaled so that its loudest event is
-        ``scene_level_db`` relative to the main source's.  Each source then reaches the microphone
-        directly, with amplitude ``reference / distance`` and air absorption (a zero-phase low-pass,
-        -``absorption_db * distance * (f / 8 kHz)^2`` dB), while the room adds a diffuse reverberant
-        field: the emitted sources' sum convolved with a unit-energy impulse response, at amplitude
-        ``reference / critical_distance`` whatever the distance (Sabine's diffuse field), so that the
-        direct-to-reverberant ratio is ``drr_db = 20 log10(critical_distance / distance)``.  Both
-        paths are one linear convolution each (zero-padded FFTs); the tail past the clip is cut.
-        """
-        cfg = self.config
-        n, N, sr = x.shape[0], x.shape[1], cfg.sample_rate
-        parts = [(torch.arange(n, device=self.device), 0, x, torch.ones(n, device=self.device))]
-        if self.slots > 1:
-            slot_keys = [k for k in f if f"scene_{k}" in f]
-            f["scene_event_level_db"][:, 0] = f["event_level_db"]
-            loudest = event_rms.amax(1)
-            for s in range(1, self.slots):
-                idx = (f["scene_count"] > s).nonzero()[:, 0]
-                if len(idx) == 0:
-                    continue
-                fs = {k: v[idx] for k, v in f.items() if not k.startswith("scene_")}
-                fs.update({k: f[f"scene_{k}"][idx, s] for k in slot_keys})
-                xs = torch.empty(len(idx), N, device=self.device)
-                self._render_sources(xs, fs, rng)
-                rms = self._apply_events(xs, fs)
-                self._add_transients(xs, fs, rms, rng)
-                f["scene_event_level_db"][idx, s] = fs["event_level_db"]
-                gain = 10 ** (f["scene_level_db"][idx, s] / 20) * loudest[idx] / rms.amax(1).clamp_min(1e-12)
-                parts.append((idx, s, xs, gain))
-        if not (cfg.room.enabled or cfg.distance.enabled):
-            for idx, _, xs, gain in parts[1:]:
-                x.index_add_(0, idx, xs * gain[:, None])
-            return x
-        rows = torch.cat([p[0] for p in parts])
-        slot = torch.cat([torch.full_like(p[0], p[1]) for p in parts])
-        sig = torch.cat([p[2] * p[3][:, None] for p in parts])  # every sounding source, emitted (R, N)
-        length = 0
-        if cfg.room.enabled:
-            longest = max(cfg.room.rt60[1], float(f["rt60"].nan_to_num(0.0).max()))
-            length = int(math.ceil(longest * sr))  # the impulse response down by 60 dB
-        M = fft_size(N + max(length, AIR_PAD))
-        spec = torch.fft.rfft(sig, n=M)
-        out = torch.zeros(n, M // 2 + 1, dtype=spec.dtype, device=self.device)
-        if cfg.distance.enabled:
-            dist = f["scene_distance"][rows, slot] if self.slots > 1 else f["distance"][rows]
-            h = air_absorption_response(dist, M, sr, cfg.distance.absorption_db)
-            out.index_add_(0, rows, spec * (h * (cfg.distance.reference / dist)[:, None]))
-        else:
-            out.index_add_(0, rows, spec)
-        if cfg.room.enabled:
-            ir = room_impulse_response(f["rt60"], length, sr, rng)  # (n, length), zero without a room
-            room = (~torch.isnan(f["rt60"])).nonzero()[:, 0]
-            if len(room):
-                emitted = torch.zeros_like(out).index_add_(0, rows, spec)[room]
-                gain = cfg.distance.reference / f["critical_distance"][room]
-                out[room] += emitted * torch.fft.rfft(ir[room], n=M) * gain[:, None]
-        return torch.fft.irfft(out, n=M)[:, :N].contiguous()
-
-    def _render_sources(self, x: torch.Tensor, f: dict[str, torch.Tensor], rng: Randomness) -> None:
-        """Each clip's source, RMS 1, low-passed where it has a cutoff, into ``x`` (n, N).
-
-        Partials and spectra of all clips go into one spectrum, which is normalized (Parseval),
-        filtered and inverted with one inverse FFT.  Every source is periodic over the clip, so filtering by the clip's own FFT is exact.
-        """
-        n, N, sr = x.shape[0], x.shape[1], self.config.sample_rate
-        spec = torch.zeros(n, N // 2 + 1, dtype=torch.complex64, device=self.device)
-        for name, source, scfg in self.sources:
-            idx = (f["source"] == self.source_codes[name]).nonzero()[:, 0]
-            if len(idx) == 0:
-                continue
-            out = source.render(scfg, _Rows(f, idx), N, sr, rng)
-            if isinstance(out, Partials):
-                place_partials(spec, idx, out, N, sr)
-            elif out.is_complex():
-                spec[idx] = out
-            else:  # a time signal: its spectrum, to be normalized and filtered like the others
-                spec[idx] = torch.fft.rfft(out, n=N)
-        # (the norm of a complex tensor is ~50x slower on CPU than the norm of its real view)
-        power = torch.linalg.vector_norm(torch.view_as_real(spec).reshape(n, -1), dim=1).square() * 2
-        power = power - spec[:, 0].abs().square()
-        if N % 2 == 0:
-            power = power - spec[:, -1].abs().square()  # one-sided: all bins but DC, Nyquist count twice
-        spec.mul_((N / power.clamp_min(1e-30).sqrt())[:, None])  # Parseval: RMS 1 over the clip
-        rows = (~torch.isnan(f["cutoff"])).nonzero()[:, 0]
-        if len(rows):
-            spec[rows] = spec[rows] * butterworth2_response(f["cutoff"][rows], N, sr)
-        torch.fft.irfft(spec, n=N, out=x)
-
-    def _apply_events(self, x: torch.Tensor, f: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Multiply the sources (n, N) by the sum of their events' ADSR envelopes, in place, and
-        record every event's level, measured on the rendered event, relative to the loudest.
-
-        Every breakpoint lies on the control grid, so the piecewise-linear envelopes are built
-        exactly there from their slope changes (two cumulative sums) and interpolated linearly
-        to audio rate.  An event's energy is the sum over control steps of the source's energy
-        in the step times the mean square of the envelope's line over it, (a^2 + ab + b^2) / 3.
-        """
-        n, N = x.shape
-        hop, steps = self.hop, self.control_steps
-        env = self._envelopes(f, steps)  # (n, E, steps + 1)
-        padded = F.pad(x, (0, steps * hop - N)) if steps * hop > N else x[:, : steps * hop]
-        step_energy = torch.linalg.vector_norm(padded.reshape(n, steps, hop), dim=-1).double().square()
-        a, b = env[..., :-1], env[..., 1:]
-        energy = ((a * a + a * b + b * b) / 3 * step_energy[:, None, :]).sum(-1)
-        level = 10 * torch.log10(energy.clamp_min(1e-30) / (f["event_duration"].double() * self.config.sample_rate))
-        level = torch.where(torch.isnan(f["event_duration"]), torch.full_like(level, -math.inf), level)
-        event_rms = (10 ** (level / 20)).float()  # absolute, before peak scaling
-        level = (level - level.amax(1, keepdim=True)).float()
-        f["event_level_db"] = torch.where(torch.isnan(f["event_duration"]), torch.full_like(level, math.nan), level)
-        gain = env.sum(1).float()[:, None]
-        x.mul_(F.interpolate(gain, size=steps * hop + 1, mode="linear", align_corners=True)[:, 0, :N])
-        return event_rms
-
-    def _envelopes(self, f: dict[str, torch.Tensor], steps: int) -> torch.Tensor:
-        """Every event's amplitude x ADSR envelope at the control points, (n, E, steps + 1), float64."""
-        step = self.hop / self.config.sample_rate
-        k0 = torch.round(f["event_onset"] / step)
-        dur = torch.round(f["event_duration"] / step)
-        ka = k0 + torch.round(f["event_attack"] * dur)
-        kd = ka + torch.round(f["event_decay"] * dur)
-        ke = k0 + dur
-        kr = ke - torch.round(f["event_release"] * dur)
-        amp = (10 ** (f["event_level_db"] / 20) / self.envelope_rms(f)).double()
-        s = f["event_sustain"].double()
-        up = amp / (ka - k0).double()
-        down = amp * (1 - s) / (kd - ka).double().clamp_min(1)
-        rel = amp * s / (ke - kr).double()
-        where = torch.stack([k0, ka, kd, kr, ke], -1)  # (n, E, 5) breakpoints
-        change = torch.stack([up, -up - down, down, -rel, rel], -1)  # slope changes there
-        valid = ~torch.isnan(where) & ~torch.isnan(change)
-        where = torch.where(valid, where, torch.zeros_like(where)).long().clamp_max(steps)
-        change = torch.where(valid, change, torch.zeros_like(change))
-        n, E = where.shape[:2]
-        slope = torch.zeros(n, E, steps + 1, dtype=torch.float64, device=self.device)
-        slope.scatter_add_(2, where, change).cumsum_(2)
-        env = torch.zeros_like(slope)
-        env[..., 1:] = slope[..., :-1].cumsum(2)
-        return env.clamp_min_(0.0)
-
-    @staticmethod
-    def envelope_rms(f: dict[str, torch.Tensor]) -> torch.Tensor:
-        """RMS of each event's ADSR envelope over the event (exact for the piecewise-linear shape)."""
-        a, d, s, r = f["event_attack"], f["event_decay"], f["event_sustain"], f["event_release"]
-        mean_sq = a / 3 + d * (1 + s + s * s) / 3 + s * s * (1 - a - d - r) + r * s * s / 3
-        return mean_sq.clamp_min(1e-12).sqrt()
-
-    def _add_transients(self, x: torch.Tensor, f: dict[str, torch.Tensor], event_rms: torch.Tensor,
-                        rng: Randomness) -> None:
-        """Add decaying white-noise bursts at event onsets, low-passed like their clip, in place."""
-        tr = self.config.transient
-        if not tr.enabled:
-            return
-        n, N, sr = x.shape[0], x.shape[1], self.config.sample_rate
-        E = f["transient"].shape[1]
-        T = int(math.ceil(tr.seconds[1] * sr))
-        noise = rng.normal((n, E, T))
-        if not f["transient"].any():
-            return
-        clip, slot = f["transient"].nonzero(as_tuple=True)  # only the bursts that exist
-        j = torch.arange(T, device=self.device, dtype=torch.float32)
-        length = (f["transient_seconds"][clip, slot] * sr)[:, None]
-        burst = noise[clip, slot] * torch.exp(-5.0 * j / length.clamp_min(1.0)) * (j < length)  # -43 dB
-        burst_rms = (burst.square().sum(-1, keepdim=True) / length.clamp_min(1.0)).sqrt().clamp_min(1e-12)
-        target = (f["transient_level"][clip, slot] * event_rms[clip, slot])[:, None]
-        burst = burst * (target / burst_rms)  # RMS over the burst = target
-        cutoff = f["cutoff"][clip]
-        L = T + _lowpass_tail(cutoff, sr)  # room for the low-pass tail of a burst (zero-padded FFT)
-        rows = (~torch.isnan(cutoff)).nonzero()[:, 0]
-        if len(rows):
-            burst = F.pad(burst, (0, L - T))
-            spec = torch.fft.rfft(burst[rows], n=L) * butterworth2_response(cutoff[rows], L, sr)
-            burst[rows] = torch.fft.irfft(spec, n=L)
-        pos = torch.round(f["event_onset"][clip, slot] * sr).long()[:, None] + torch.arange(burst.shape[1], device=self.device)
-        inside = pos < N
-        x.view(-1).index_add_(0, (clip[:, None] * N + pos)[inside], burst[inside])
-
-
-class _Rows(dict):
-    """The factors of some clips, indexed on first use (a source reads only a few of them)."""
-
-    def __init__(self, factors: dict[str, torch.Tensor], idx: torch.Tensor):
-        super().__init__()
-        self._factors, self._idx = factors, idx
-
-    def __missing__(self, key: str) -> torch.Tensor:
-        value = self[key] = self._factors[key][self._idx]
-        return value
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._factors
-
-    def get(self, key, default=None):
-        return self[key] if key in self._factors else default
-
-    def keys(self):
-        return self._factors.keys()
-
-    def items(self):
-        return ((k, self[k]) for k in self._factors)
-
-    def __iter__(self):
-        return iter(self._factors)
-
-    def __len__(self) -> int:
-        return len(self._factors)
-
-
-def _lowpass_tail(cutoff: torch.Tensor, sample_rate: int) -> int:
-    """Samples after which the impulse response of the lowest cutoff's low-pass has decayed by
-    more than 300 dB (its envelope falls as exp(-2 pi 0.707 fc t)), rounded up to 256."""
-    lowest = torch.nan_to_num(cutoff, nan=math.inf).min().item()
-    if not math.isfinite(lowest):
-        return 0
-    samples = 35.0 * sample_rate / (2 * math.pi * math.sqrt(0.5) * lowest)
-    return int(math.ceil(samples / 256) * 256)
-
-
-def _peak(x: torch.Tensor) -> torch.Tensor:
-    """Largest absolute value of each row (amax and amin are vectorized reductions; abs().amax
-    would allocate a copy and the infinity norm is far slower on CPU)."""
-    return torch.maximum(x.amax(1, keepdim=True), -x.amin(1, keepdim=True)).clamp_min(1e-12)
-
-
-def _power(x: torch.Tensor) -> torch.Tensor:
-    """Mean square of each row."""
-    return torch.linalg.vector_norm(x, dim=1).square() / x.shape[1]
-
-
-@functools.lru_cache(maxsize=16)
-def _half_tan(n_fft: int, device: str) -> torch.Tensor:
-    """tan(w / 2) at the rfft bins w = 2 pi k / n_fft (clamped: infinite at Nyquist)."""
-    w = torch.arange(n_fft // 2 + 1, device=device, dtype=torch.float32) * (math.pi / n_fft)
-    return torch.tan(w).clamp_max(1e6)
-
-
-def butterworth2_response(cutoff: torch.Tensor, n_fft: int, sample_rate: int) -> torch.Tensor:
-    """Frequency response (m, n_fft//2+1) of 2nd-order Butterworth low-passes made by the bilinear
-    transform with prewarping, i.e. the filters ``scipy.signal.butter(2, cutoff, fs=sample_rate)``
-    designs.  With u = tan(w/2) / tan(pi cutoff / fs):  H = 1 / (1 - u^2 + j sqrt(2) u)."""
-    t = _half_tan(n_fft, str(cutoff.device))
-    u = t / torch.tan(math.pi * cutoff / sample_rate)[:, None]
-    u2 = u * u
-    den = 1 + u2 * u2  # |1 - u^2 + j sqrt(2) u|^2
-    return torch.complex((1 - u2) / den, -math.sqrt(2) * u / den)

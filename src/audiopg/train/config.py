@@ -1,19 +1,8 @@
 """Pre-training configuration: one frozen dataclass, loadable from YAML/JSON, overridable from the CLI.
 
-Precedence (lowest first): the dataclass defaults, the training defaults of the
-model preset (:data:`PRESET_DEFAULTS`), a ``--config`` file, ``--set key=value``
-overrides, then the explicit command-line flags (``--steps``, ``--lr``...).
-
-Model and world are given as small mappings: ``model: {preset: tiny, depth: 2}``
-(the preset's :class:`~audiopg.model.ModelConfig` with some fields replaced) and
-``world: {preset: paper, seconds: 1.28, events: {count: [1, 2]}}`` (a world
-preset or YAML/JSON file, with ``key.sub`` overrides).  Unless ``world.seconds``
-is given, the clip length follows the model: ``num_frames * 10 ms`` (``tiny``:
-2.56 s).  So ``--set model.depth=2 --set world.seconds=0.64`` work as expected.
-
-:meth:`PretrainConfig.resolved` fills every ``None`` (batch size, learning rate)
-from the preset table; the run folder's ``config.json`` holds the resolved
-config and the run's plan (total steps, warm-up steps).
+Precedence (lowest first): the dataclass defaults, the model preset's training defaults (:data:`PRESET_DEFAULTS`),
+a ``--config`` file, ``--set key=value`` overrides, the explicit flags.  Model and world are small typed mappings
+(:class:`ModelChoice`, :class:`WorldChoice`); docs/training.md ("Configuration") has the details.
 """
 from __future__ import annotations
 
@@ -24,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
+
+from audiopg.audio.fbank import FbankConfig
 from audiopg.core.config import (
     check_range,
     deep_update,
@@ -33,49 +25,106 @@ from audiopg.core.config import (
     to_dict,
 )
 from audiopg.core.errors import ConfigError
+from audiopg.model.config import MODEL_PRESETS, ModelConfig
+from audiopg.synth import WorldConfig, load_world_config
 
 __all__ = [
+    "ModelChoice",
     "PRESET_DEFAULTS",
     "PretrainConfig",
+    "RESUME_MAY_CHANGE",
+    "WorldChoice",
     "build_pretrain_config",
     "flatten_overrides",
     "warmup_steps_for",
 ]
 
-# Training defaults of each model preset, tuned for the budgets the preset is meant for.
-#  tiny  (~3 M params, 2.56 s clips): CPU runs of minutes.  An earlier quick test found peak lr 6e-4
-#        clearly better than 1.5e-4 at batch 64.  Our sweep (batch 64, 240 steps = 15k clips, seed 0,
-#        held-out MAE loss on 512 fresh clips): lr 3e-4 0.8601, 6e-4 0.8573, 1.2e-3 0.8531,
-#        2.4e-3 0.8538 -- so 1.2e-3 (the flat optimum is 1.2e-3..2.4e-3; 6e-4 is a little worse).
-#  small (~21 M, 5.12 s): single-GPU runs of an hour or so; not swept (between tiny and base).
-#  base  (~85 M, 10.24 s): the published schedule (2.5 M clips) on GPUs; not swept here.
+# Batch size and peak lr of each model preset, for the budgets it is meant for: tiny (~3 M params) CPU runs of
+# minutes (lr swept: BENCHMARKS.md, "Learning rate of tiny"); small (~21 M) single-GPU runs of an hour or so and
+# base (~85 M) the published schedule on GPUs, neither swept.  Keyed by MODEL_PRESETS: a preset without an entry
+# here fails at import.
+_BATCH_SIZE_AND_LR = {"tiny": (64, 1.2e-3), "small": (128, 3e-4), "base": (128, 1.5e-4)}
 PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "tiny": {"batch_size": 64, "lr": 1.2e-3},
-    "small": {"batch_size": 128, "lr": 3e-4},
-    "base": {"batch_size": 128, "lr": 1.5e-4},
+    name: dict(zip(("batch_size", "lr"), _BATCH_SIZE_AND_LR[name])) for name in MODEL_PRESETS
 }
 
 # Keys that may differ when a run is resumed (they do not change what is computed).
 RESUME_MAY_CHANGE = ("device", "progress", "save_every_minutes")
 
+# A model's clip length is its num_frames at the fbank's hop (fbank_config keeps the default hop): tiny 2.56 s.
+FRAME_SHIFT_S = FbankConfig().frame_shift_ms / 1000
 
-def _default_model() -> dict[str, Any]:
-    return {"preset": "tiny"}
+
+class _PresetChoice(dict):
+    """A preset name plus changes, ``{preset: ..., key: value, ...}``, as a dict that refuses changes: part of a
+    frozen config, still a plain mapping in config.json."""
+
+    @property
+    def preset(self) -> str:
+        return self["preset"]
+
+    @property
+    def changes(self) -> dict[str, Any]:
+        return {k: v for k, v in self.items() if k != "preset"}
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError(f"{type(self).__name__} is read-only; make a new config with dataclasses.replace")
+
+    __setitem__ = __delitem__ = __ior__ = clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self):
+        return type(self), (dict(self),)
 
 
-def _default_world() -> dict[str, Any]:
-    return {"preset": "paper"}
+class ModelChoice(_PresetChoice):
+    """The model of a run, ``{preset: tiny|small|base, <ModelConfig field>: value, ...}``: a preset of
+    :data:`~audiopg.model.config.MODEL_PRESETS` with some fields replaced.  Checked when built
+    (:class:`ConfigError` names ``model.<key>``); ``preset`` comes first and defaults to ``tiny``."""
+
+    def __init__(self, data: Mapping[str, Any] | None = None):
+        data = dict(data or {})
+        preset = data.pop("preset", "tiny")
+        if preset not in MODEL_PRESETS:
+            raise ConfigError("model.preset", f"unknown model preset {preset!r} (known: {', '.join(MODEL_PRESETS)})")
+        super().__init__({"preset": preset, **data})
+        self.config()
+
+    def config(self) -> ModelConfig:
+        """The preset's :class:`~audiopg.model.ModelConfig` with ``changes`` applied."""
+        return from_dict(ModelConfig, {**to_dict(MODEL_PRESETS[self.preset]), **self.changes}, prefix="model")
+
+
+class WorldChoice(_PresetChoice):
+    """The world of a run, ``{preset: paper|FILE, <world key>: value, ...}``: a world preset (or YAML/JSON file)
+    with ``key.sub`` overrides (``{events: {count: [1, 2]}}``); ``preset`` comes first and defaults to ``paper``.
+    The keys are checked by :meth:`config` (:meth:`PretrainConfig.resolved` calls it)."""
+
+    def __init__(self, data: Mapping[str, Any] | None = None):
+        data = dict(data or {})
+        preset = data.pop("preset", "paper")
+        if not isinstance(preset, str):
+            raise ConfigError("world.preset", f"expected a preset name or a file path, got {preset!r}")
+        super().__init__({"preset": preset, **data})
+
+    def config(self, default_seconds: float) -> WorldConfig:
+        """The :class:`~audiopg.synth.WorldConfig`; clips last ``default_seconds`` unless ``seconds`` is given."""
+        overrides = [f"seconds={default_seconds!r}"] + flatten_overrides(self.changes)
+        try:
+            return load_world_config(self.preset, overrides)
+        except ConfigError as err:
+            key = err.key if err.key.startswith("world") else f"world.{err.key}"
+            raise ConfigError(key, str(err).split(": ", 1)[1]) from None
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
     """Everything a pre-training run needs; ``__post_init__`` validates and names the bad key."""
 
-    model: dict[str, Any] = field(default_factory=_default_model)  # {preset: tiny|small|base, <ModelConfig field>: value...}
-    world: dict[str, Any] = field(default_factory=_default_world)  # {preset: paper|FILE, <world key>: value...}; seconds defaults to num_frames * 0.01
+    model: ModelChoice = field(default_factory=ModelChoice)  # {preset: tiny|small|base, <ModelConfig field>: value...}
+    world: WorldChoice = field(default_factory=WorldChoice)  # {preset: paper|FILE, <world key>: value...}
     batch_size: int | None = None  # clips per optimizer step on each rank (None: the preset's default)
     steps: int | None = None  # total optimizer steps; give steps or minutes, not both
-    minutes: float | None = None  # wall-clock budget of the whole run (stats included); total steps are fitted to it (timed steps, re-fitted after the warm-up)
+    minutes: float | None = None  # wall-clock budget of the whole run (stats included); total steps are fitted to it
     lr: float | None = None  # peak learning rate after warm-up (None: the preset's default)
     min_lr: float = 1e-6  # learning rate at the end of the cosine decay
     warmup_fraction: float = 0.05  # linear warm-up over this fraction of the total steps
@@ -89,19 +138,15 @@ class PretrainConfig:
     compile: bool = False  # torch.compile the model
     device: str = "auto"  # "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1"...
     prefetch: bool = True  # synthesize the next batch in a background thread while the model trains
-    fit_steps: int = 6  # minutes mode: throwaway steps timed (after 2 untimed ones) for the first fit of the total steps
+    fit_steps: int = 6  # minutes mode: throwaway steps timed (after 2 untimed ones) for the first fit of the steps
     progress: bool = True  # show a progress bar (loss, clips/s, time left)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model, Mapping):
-            raise ConfigError("model", f"expected a mapping like {{preset: tiny}}, got {self.model!r}")
-        if not isinstance(self.world, Mapping):
-            raise ConfigError("world", f"expected a mapping like {{preset: paper}}, got {self.world!r}")
-        preset = self.model.get("preset", "tiny")
-        if preset not in PRESET_DEFAULTS:
-            raise ConfigError("model.preset", f"unknown model preset {preset!r} (known: {', '.join(PRESET_DEFAULTS)})")
-        if not isinstance(self.world.get("preset", "paper"), str):
-            raise ConfigError("world.preset", f"expected a preset name or a file path, got {self.world.get('preset')!r}")
+        for key, kind, example in (("model", ModelChoice, "tiny"), ("world", WorldChoice, "paper")):
+            value = getattr(self, key)
+            if not isinstance(value, Mapping):
+                raise ConfigError(key, f"expected a mapping like {{preset: {example}}}, got {value!r}")
+            object.__setattr__(self, key, kind(value))
         for key in ("batch_size", "steps", "stats_clips", "warmup_steps", "seed", "fit_steps"):
             value = getattr(self, key)
             if value is None:
@@ -151,25 +196,22 @@ class PretrainConfig:
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError("device", f"expected a device name like auto, cpu or cuda, got {self.device!r}")
         if self.device != "auto":
-            import torch
-
             try:
                 torch.device(self.device)
             except (RuntimeError, ValueError):
-                raise ConfigError("device", f"not a device name: {self.device!r} (auto, cpu, cuda, cuda:1...)") from None
+                raise ConfigError("device",
+                                  f"not a device name: {self.device!r} (auto, cpu, cuda, cuda:1...)") from None
 
     # ------------------------------------------------------------------ derived
     @property
     def preset(self) -> str:
-        return self.model.get("preset", "tiny")
+        return self.model.preset
 
-    def resolved(self) -> "PretrainConfig":
-        """A copy with the preset's defaults filled in (batch size, lr) and the model/world checked."""
+    def resolved(self) -> PretrainConfig:
+        """A copy with the preset's defaults filled in (batch size, lr) and the world checked."""
         defaults = PRESET_DEFAULTS[self.preset]
         out = dataclasses.replace(
             self,
-            model={"preset": self.preset, **{k: v for k, v in self.model.items() if k != "preset"}},
-            world={"preset": self.world.get("preset", "paper"), **{k: v for k, v in self.world.items() if k != "preset"}},
             batch_size=self.batch_size if self.batch_size is not None else defaults["batch_size"],
             lr=self.lr if self.lr is not None else defaults["lr"],
         )
@@ -177,35 +219,21 @@ class PretrainConfig:
             raise ConfigError("steps", "give the length of the run: --steps N or --minutes M")
         if out.min_lr > out.lr:
             raise ConfigError("min_lr", f"{out.min_lr} is above the peak lr {out.lr}")
-        out.model_config()
         out.world_config()
         return out
 
-    def model_config(self):
+    def model_config(self) -> ModelConfig:
         """The :class:`~audiopg.model.ModelConfig`: the preset with ``model.*`` fields replaced."""
-        from audiopg.model import model_preset
+        return self.model.config()
 
-        base = to_dict(model_preset(self.preset))
-        changes = {k: v for k, v in self.model.items() if k != "preset"}
-        return from_dict(type(model_preset(self.preset)), {**base, **changes}, prefix="model")
-
-    def world_config(self, model_config=None):
-        """The :class:`~audiopg.synth.WorldConfig`; ``seconds`` defaults to ``num_frames * 0.01``."""
-        from audiopg.synth import load_world_config
-
+    def world_config(self, model_config: ModelConfig | None = None) -> WorldConfig:
+        """The :class:`~audiopg.synth.WorldConfig`; ``seconds`` defaults to the model's ``num_frames`` frames."""
         model_config = model_config or self.model_config()
-        changes = {k: v for k, v in self.world.items() if k != "preset"}
-        overrides = [f"seconds={model_config.num_frames * 0.01!r}"] + flatten_overrides(changes)
-        try:
-            return load_world_config(self.world.get("preset", "paper"), overrides)
-        except ConfigError as err:
-            key = err.key if err.key.startswith("world") else f"world.{err.key}"
-            raise ConfigError(key, str(err).split(": ", 1)[1]) from None
+        return self.world.config(default_seconds=model_config.num_frames * FRAME_SHIFT_S)
 
-    def fbank_config(self, model_config=None, world_config=None):
+    def fbank_config(self, model_config: ModelConfig | None = None,
+                     world_config: WorldConfig | None = None) -> FbankConfig:
         """Log-mel settings matching the model: its mel bins, its frame count, the world's sample rate."""
-        from audiopg.audio.fbank import FbankConfig
-
         model_config = model_config or self.model_config()
         world_config = world_config or self.world_config(model_config)
         return FbankConfig(
@@ -218,7 +246,7 @@ class PretrainConfig:
         return to_dict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "PretrainConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> PretrainConfig:
         return from_dict(cls, data)
 
 
@@ -270,7 +298,7 @@ def build_pretrain_config(
     for key in ("model", "world"):
         if key in user:
             user[key] = _mapping(user[key], key)
-    data: dict[str, Any] = {"model": _default_model(), "world": _default_world()}
+    data: dict[str, Any] = {"model": {}, "world": {}}
     if base:
         data = deep_update(data, json.loads(json.dumps(dict(base))))
     if ("steps" in user) != ("minutes" in user):

@@ -1,11 +1,7 @@
 """Training data straight from the procedural world: clips -> log-mel -> normalized, on the training device.
 
-Nothing is read from disk and no loader workers are used: every batch is
-synthesized by :class:`~audiopg.synth.World` and turned into Kaldi-style
-log-mel features by :class:`~audiopg.audio.fbank.Fbank` on the device that trains.
-The normalization statistics (:class:`~audiopg.audio.fbank.FbankStats`) are
-measured on the same world by :func:`compute_fbank_stats` at the start of every
-run -- never taken from AudioSet.
+No files and no loader workers: the world synthesizes every batch on the device that trains, and the
+normalization statistics are measured on the same world at the start of every run (never taken from AudioSet).
 """
 from __future__ import annotations
 
@@ -17,13 +13,9 @@ import torch
 from audiopg.audio.fbank import Fbank, FbankConfig, FbankStats
 from audiopg.synth import World, WorldConfig
 
-__all__ = ["SynthSpectrograms", "compute_fbank_stats", "world_config_for_model"]
+__all__ = ["STATS_BATCH", "SynthSpectrograms", "compute_fbank_stats"]
 
-
-def world_config_for_model(world_config: WorldConfig, num_frames: int, seconds: float | None = None) -> WorldConfig:
-    """``world_config`` with its clip length set for a model of ``num_frames`` frames
-    (``num_frames * 10 ms``, so ``tiny``'s 256 frames are 2.56 s), unless ``seconds`` is given."""
-    return world_config.replace(seconds=float(seconds) if seconds is not None else num_frames * 0.01)
+STATS_BATCH = 64  # clips per draw when measuring the stats (fixed: the stats must not depend on batch_size)
 
 
 class SynthSpectrograms:
@@ -74,7 +66,7 @@ def compute_fbank_stats(
     n_clips: int = 512,
     seed: int = 0,
     device: str | torch.device = "cpu",
-    batch_size: int = 64,
+    batch_size: int = STATS_BATCH,
 ) -> FbankStats:
     """Global mean and standard deviation of the log-mel values of ``n_clips`` clips of the world.
 

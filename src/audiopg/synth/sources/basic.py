@@ -1,133 +1,26 @@
-"""Sound sources of the procedural world, and the registry that the sampler reads.
+"""The paper's four source types: harmonic tones, FM tones, band-limited pulses and coloured noise.
 
-A source type is a :class:`Source` subclass registered with :func:`register_source`.
-It brings
-
-* ``config_cls``: a frozen dataclass of its ranges (always with ``enabled`` and
-  ``weight``, the relative chance that a clip uses it);
-* ``sample(cfg, n, rng)``: its ground-truth factors for ``n`` clips, as tensors;
-* ``render(cfg, factors, num_samples, sample_rate, rng)``: the source signal of the
-  clips given, periodic over the clip, as one of
-  - :class:`Partials`: sinusoids (frequency, amplitude, phase), each (m, K);
-  - a complex tensor (m, num_samples // 2 + 1): a one-sided spectrum;
-  - a real tensor (m, num_samples): a time signal.
-  The world puts partials and spectra of the whole batch into one spectrum,
-  normalizes every clip to RMS 1, applies the low-pass there and makes all
-  clips with one inverse FFT.
-
-The world draws every source's factors for every clip (so the random stream
-does not depend on which source a clip gets), keeps each clip's own, and
-renders each source once for all the clips that use it: there is no per-clip
-Python loop.
-
-Periodic sources (harmonic, pulse) and coloured noise are synthesized in the
-frequency domain with one inverse real FFT per clip.  Their partial frequencies
-are rounded to the clip's FFT grid (``sample_rate / num_samples``: 0.1 Hz for
-10.24 s clips), which makes the source exactly periodic over the clip, so that
-events cut anywhere from it see the same sound.  Pulses are therefore
-band-limited by construction: only harmonics below Nyquist exist.
+Tones are sums of partials on the clip's FFT grid, so they are periodic over the clip (docs/world.md).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 
 from audiopg.core.config import check_interval, check_range
 from audiopg.core.errors import ConfigError
+from audiopg.synth.registry import (
+    Partials,
+    Source,
+    check_choices,
+    check_common,
+    check_f0,
+    quantize_frequency,
+)
 
-if TYPE_CHECKING:
-    from audiopg.synth.config import WorldConfig
-    from audiopg.synth.world import Randomness
-
-SOURCES: dict[str, "Source"] = {}
-
-
-def register_source(source_cls: type["Source"]) -> type["Source"]:
-    """Class decorator: make a source type available to every WorldConfig by its ``name``."""
-    if not source_cls.name:
-        raise ValueError("a source type needs a name")
-    SOURCES[source_cls.name] = source_cls()
-    return source_cls
-
-
-class Source:
-    name: ClassVar[str] = ""
-    tonal: ClassVar[bool] = False  # its ``f0`` factor is the pitch of a periodic tone (analysis sweeps it)
-    config_cls: ClassVar[type]
-    # factor name -> value for clips that do not use this source (NaN or -1)
-    factor_fill: ClassVar[dict[str, float]] = {}
-    # categorical factor name -> the names of its integer codes
-    categories: ClassVar[dict[str, tuple[str, ...]]] = {}
-
-    def check(self, cfg: Any, world: "WorldConfig", key: str) -> None:
-        """Cross-checks that need the world (e.g. f0 below Nyquist); raise ConfigError."""
-
-    def sample(self, cfg: Any, n: int, rng: "Randomness") -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def render(self, cfg: Any, factors: dict[str, torch.Tensor], num_samples: int, sample_rate: int,
-               rng: "Randomness") -> torch.Tensor:
-        raise NotImplementedError
-
-
-def _check_common(key: str, cfg: Any) -> None:
-    check_range(f"{key}.weight", cfg.weight, 0.0)
-
-
-def check_choices(key: str, chosen: tuple[str, ...], known: tuple[str, ...]) -> None:
-    """Raise unless ``chosen`` names at least one of ``known`` and nothing else."""
-    if not chosen:
-        raise ConfigError(key, "needs at least one entry")
-    for name in chosen:
-        if name not in known:
-            raise ConfigError(key, f"unknown value {name!r} (known: {', '.join(known)})")
-
-
-def choose(rng: "Randomness", n: int, chosen: tuple[str, ...], known: tuple[str, ...]) -> torch.Tensor:
-    """A code of ``known`` per clip, drawn uniformly among the ``chosen`` names."""
-    codes = torch.tensor([known.index(name) for name in chosen], device=rng.device)
-    return codes[rng.integers(n, 0, len(codes) - 1)]
-
-
-def _check_f0(key: str, f0: tuple[float, float], world: "WorldConfig") -> None:
-    check_interval(f"{key}.f0", f0, 1e-3)
-    if f0[0] <= 0:
-        raise ConfigError(f"{key}.f0", f"must be positive, got {f0[0]}")
-    if f0[1] >= world.sample_rate / 2:
-        raise ConfigError(f"{key}.f0", f"max {f0[1]} Hz must be below Nyquist ({world.sample_rate / 2:g} Hz)")
-
-
-class Partials(NamedTuple):
-    """Sinusoids ``amp * sin(2 pi freq t + phase)``, each field (m, K); amp 0 drops one."""
-
-    freqs: torch.Tensor
-    amps: torch.Tensor
-    phases: torch.Tensor
-
-
-def place_partials(spec: torch.Tensor, rows: torch.Tensor, partials: Partials, num_samples: int,
-                   sample_rate: int) -> None:
-    """Add sinusoids into rows of a one-sided spectrum (n, num_samples // 2 + 1), in place.
-
-    Frequencies are rounded to the clip's FFT bins; those at or above Nyquist (and DC) are
-    dropped, which makes every partial source band-limited.
-    """
-    freqs, amps, phases = partials
-    bins = torch.round(freqs * num_samples / sample_rate).long()
-    half = num_samples // 2
-    keep = (bins >= 1) & (bins < half) & (freqs < sample_rate / 2) & (amps != 0)
-    # x(t) = a sin(w t + phi) -> bin value a N/2 exp(i (phi - pi/2))
-    values = torch.polar(amps * keep * (num_samples / 2), phases - math.pi / 2).to(spec.dtype)
-    row = rows[:, None].expand_as(bins)
-    spec.index_put_((row[keep], bins[keep]), values[keep], accumulate=True)
-
-
-def quantize_frequency(freq: torch.Tensor, num_samples: int, sample_rate: int) -> torch.Tensor:
-    """The frequency a periodic source actually renders at: the nearest FFT bin of the clip."""
-    return torch.round(freq * num_samples / sample_rate) * sample_rate / num_samples
+F0_RANGE: tuple[float, float] = (50.0, 2000.0)  # Hz: the tonal sources' default fundamental range, uniform
 
 
 # ----------------------------------------------------------------------------- harmonic
@@ -135,7 +28,7 @@ def quantize_frequency(freq: torch.Tensor, num_samples: int, sample_rate: int) -
 class HarmonicConfig:
     enabled: bool = True  # let clips use this source
     weight: float = 1.0  # relative chance among enabled sources
-    f0: tuple[float, float] = (50.0, 2000.0)  # fundamental in Hz
+    f0: tuple[float, float] = F0_RANGE  # fundamental in Hz
     partials: tuple[int, int] = (3, 15)  # number of partials, uniform integer
     gamma: tuple[float, float] = (0.5, 1.5)  # partial k has amplitude k^-gamma ...
     gain: tuple[float, float] = (0.5, 1.2)  # ... times its own random gain
@@ -146,7 +39,6 @@ class HarmonicConfig:
         return int(self.partials[1])
 
 
-@register_source
 class Harmonic(Source):
     name = "harmonic"
     tonal = True
@@ -154,8 +46,8 @@ class Harmonic(Source):
     factor_fill = {"f0": math.nan, "partials": -1, "gamma": math.nan}
 
     def check(self, cfg, world, key):
-        _check_common(key, cfg)
-        _check_f0(key, cfg.f0, world)
+        check_common(key, cfg)
+        check_f0(key, cfg.f0, world)
         check_interval(f"{key}.partials", cfg.partials, 1, 256)
         check_interval(f"{key}.gamma", cfg.gamma, 0.0)
         check_interval(f"{key}.gain", cfg.gain, 0.0)
@@ -186,12 +78,11 @@ class Harmonic(Source):
 class FMConfig:
     enabled: bool = True  # let clips use this source
     weight: float = 1.0  # relative chance among enabled sources
-    f0: tuple[float, float] = (50.0, 2000.0)  # carrier frequency in Hz
+    f0: tuple[float, float] = F0_RANGE  # carrier frequency in Hz
     ratios: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 2.5, 3.14)  # modulator / carrier, one chosen
     index: tuple[float, float] = (0.5, 8.0)  # modulation index beta
 
 
-@register_source
 class FM(Source):
     name = "fm"
     tonal = True
@@ -199,8 +90,8 @@ class FM(Source):
     factor_fill = {"f0": math.nan, "fm_ratio": math.nan, "fm_index": math.nan}
 
     def check(self, cfg, world, key):
-        _check_common(key, cfg)
-        _check_f0(key, cfg.f0, world)
+        check_common(key, cfg)
+        check_f0(key, cfg.f0, world)
         if not cfg.ratios:
             raise ConfigError(f"{key}.ratios", "needs at least one ratio")
         for i, r in enumerate(cfg.ratios):
@@ -257,11 +148,10 @@ PULSE_SHAPES = ("sawtooth", "square", "triangle")
 class PulseConfig:
     enabled: bool = True  # let clips use this source
     weight: float = 1.0  # relative chance among enabled sources
-    f0: tuple[float, float] = (50.0, 2000.0)  # fundamental in Hz
+    f0: tuple[float, float] = F0_RANGE  # fundamental in Hz
     shapes: tuple[str, ...] = PULSE_SHAPES  # waveforms to choose from, band-limited
 
 
-@register_source
 class Pulse(Source):
     name = "pulse"
     tonal = True
@@ -270,14 +160,14 @@ class Pulse(Source):
     categories = {"pulse_shape": PULSE_SHAPES}
 
     def check(self, cfg, world, key):
-        _check_common(key, cfg)
-        _check_f0(key, cfg.f0, world)
+        check_common(key, cfg)
+        check_f0(key, cfg.f0, world)
         check_choices(f"{key}.shapes", cfg.shapes, PULSE_SHAPES)
 
     def sample(self, cfg, n, rng):
         return {
             "f0": rng.uniform(n, *cfg.f0),
-            "pulse_shape": choose(rng, n, cfg.shapes, PULSE_SHAPES),
+            "pulse_shape": rng.choose(n, cfg.shapes, PULSE_SHAPES),
             "pulse_phase": rng.uniform(n, 0.0, 2 * math.pi),
         }
 
@@ -309,7 +199,6 @@ class NoiseConfig:
     floor_hz: float = 20.0  # below this the pink/brown slope is held flat
 
 
-@register_source
 class Noise(Source):
     name = "noise"
     config_cls = NoiseConfig
@@ -317,12 +206,12 @@ class Noise(Source):
     categories = {"noise_colour": NOISE_COLOURS}
 
     def check(self, cfg, world, key):
-        _check_common(key, cfg)
+        check_common(key, cfg)
         check_choices(f"{key}.colours", cfg.colours, NOISE_COLOURS)
         check_range(f"{key}.floor_hz", cfg.floor_hz, 1e-3)
 
     def sample(self, cfg, n, rng):
-        return {"noise_colour": choose(rng, n, cfg.colours, NOISE_COLOURS)}
+        return {"noise_colour": rng.choose(n, cfg.colours, NOISE_COLOURS)}
 
     def render(self, cfg, factors, num_samples, sample_rate, rng):
         colour = factors["noise_colour"]

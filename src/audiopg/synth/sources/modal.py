@@ -1,43 +1,5 @@
-"""Modal sources: struck or scraped bodies as sums of exponentially damped sinusoids.
-
-A body rings in its modes, inharmonic ratios of its lowest mode ``modal_f1``:
-
-* ``bar``: a free-free uniform bar (Euler-Bernoulli), (beta_k / beta_1)^2 with
-  beta L = 4.730, 7.853, 10.996, ...: 1, 2.756, 5.404, 8.933, 13.34, 18.64;
-* ``plate``: a simply supported rectangular plate with sides in the golden ratio,
-  (m^2 + (g n)^2) / (1 + g^2), the lowest eight;
-* ``membrane``: an ideal circular membrane, the Bessel zeros j_mn / j_01:
-  1, 1.594, 2.136, 2.296, 2.653, 2.918, 3.156, 3.501;
-* ``bell``: the partials of a tuned church bell over its hum note: hum 1, prime 2,
-  tierce 2.4, quint 3, nominal 4, then 5, 5.33, 6.
-
-Each mode ``k`` has frequency ``mode_freqs[k]`` (the ratio times ``modal_f1``,
-detuned by up to ``detune``), a T60 ``mode_t60[k] = decay * (f_k / f_1) ^ -decay_slope``
-(higher modes die faster: the damping of most materials grows with frequency)
-and an amplitude ``mode_amps[k]`` (where the body is hit).  Modes at or above
-0.45 x the sample rate are left out (amplitude 0) when rendering.  Rendering reads
-``mode_freqs``, ``mode_t60`` and ``mode_amps``; ``modal_f1``, ``decay`` and ``decay_slope``
-summarize them (fix the per-mode factors to change a body after it is drawn).
-
-Excitation (``modal_excitation``):
-
-* ``struck``: impulses.  Events are the world's way of saying *when* something
-  sounds, so a struck body is hit at the peak of every event's attack (the ADSR
-  is fully open there: the envelope acts as a gate and damper around the strike,
-  not as a fade-in of a ringing body) and again every ``strike_interval`` seconds
-  until the event's release begins (repeated knocks or rolls).  The body rings
-  on after each strike until the event's release closes the gate.
-* ``scraped``: white noise, a stationary frictional drive; the event's ADSR is the
-  scraping force.
-
-Rendering is exact in the clip's DFT: the response of a damped sinusoid wrapped
-periodically over the clip is its DTFT sampled at the bins,
-``(1/2j) [1 / (1 - z e^-jw) - 1 / (1 - conj(z) e^-jw)]`` with ``z = r e^(j 2 pi f / fs)``
-and ``r = 10^(-3 / (T60 fs))``, which multiplies the spectrum of the strike train
-(or of the noise).  The source is thus periodic over the clip like every other:
-a ring that runs past the clip's end continues at its start (where it is gated
-by the events like everything else).
-"""
+"""Modal sources: struck or scraped bars, plates, membranes and bells as sums of exponentially damped sinusoids,
+rendered exactly in the clip's DFT (docs/world.md)."""
 from __future__ import annotations
 
 import math
@@ -47,15 +9,7 @@ import torch
 
 from audiopg.core.config import check_interval, check_range
 from audiopg.core.errors import ConfigError
-from audiopg.synth.sources.basic import (
-    Source,
-    _check_common,
-    check_choices,
-    choose,
-    register_source,
-)
-
-DB60 = 3 * math.log(10)  # ln(1000)
+from audiopg.synth.registry import DB60, Source, check_choices, check_common
 
 
 def _plate_ratios(aspect: float = (1 + 5 ** 0.5) / 2, count: int = 8) -> tuple[float, ...]:
@@ -72,11 +26,6 @@ BODY_RATIOS: dict[str, tuple[float, ...]] = {
 BODIES = tuple(BODY_RATIOS)
 MODES = max(len(r) for r in BODY_RATIOS.values())
 EXCITATIONS = ("struck", "scraped")
-
-
-def log_uniform(rng, shape, low: float, high: float) -> torch.Tensor:
-    """Log-uniform draws in [low, high] (one uniform draw)."""
-    return rng.uniform(shape, math.log(low), math.log(high)).exp()
 
 
 def strike_train(factors: dict[str, torch.Tensor], interval: torch.Tensor | None, num_samples: int,
@@ -154,7 +103,6 @@ class ModalConfig:
     strike_interval: tuple[float, float] = (0.15, 2.0)  # s between repeated strikes within an event, log-uniform
 
 
-@register_source
 class Modal(Source):
     name = "modal"
     config_cls = ModalConfig
@@ -163,7 +111,7 @@ class Modal(Source):
     categories = {"modal_body": BODIES, "modal_excitation": EXCITATIONS}
 
     def check(self, cfg, world, key):
-        _check_common(key, cfg)
+        check_common(key, cfg)
         check_choices(f"{key}.bodies", cfg.bodies, BODIES)
         check_choices(f"{key}.excitations", cfg.excitations, EXCITATIONS)
         check_interval(f"{key}.f1", cfg.f1, 1.0)
@@ -180,15 +128,15 @@ class Modal(Source):
         table = torch.full((len(BODIES), MODES), math.nan, device=device)
         for i, b in enumerate(BODIES):
             table[i, : len(BODY_RATIOS[b])] = torch.tensor(BODY_RATIOS[b])
-        body = choose(rng, n, cfg.bodies, BODIES)
-        f1 = log_uniform(rng, n, *cfg.f1)
-        decay = log_uniform(rng, n, *cfg.decay)
+        body = rng.choose(n, cfg.bodies, BODIES)
+        f1 = rng.log_uniform(n, *cfg.f1)
+        decay = rng.log_uniform(n, *cfg.decay)
         slope = rng.uniform(n, *cfg.decay_slope)
         detune = rng.uniform((n, MODES), -cfg.detune, cfg.detune)
         detune = torch.where(torch.arange(MODES, device=device) == 0, 0.0, detune)  # f1 is the lowest mode
         amps = rng.uniform((n, MODES), *cfg.amplitude)
-        excitation = choose(rng, n, cfg.excitations, EXCITATIONS)
-        interval = log_uniform(rng, n, *cfg.strike_interval)
+        excitation = rng.choose(n, cfg.excitations, EXCITATIONS)
+        interval = rng.log_uniform(n, *cfg.strike_interval)
         ratios = table[body] * (1 + detune)
         freqs = f1[:, None] * ratios
         return {

@@ -1,39 +1,5 @@
-"""Plucked and bowed strings: the Karplus-Strong loop, rendered exactly in the clip's DFT.
-
-The extended Karplus-Strong string (Jaffe and Smith) is a feedback loop of a delay
-of ``D`` samples, a loop gain ``rho`` and the two-tap low-pass
-``H(z) = (1 - S) + S z^-1`` (``S = 1/2`` is the classic average of two samples):
-
-    y = x + rho H(z) z^-D y,   i.e.   Y(w) = X(w) / (1 - rho H(e^jw) e^-jwD),
-
-driven through the pluck-position comb ``1 - z^-(beta fs / f0)`` (a string plucked or
-bowed at ``beta`` of its length from the bridge lacks the harmonics with a node there;
-``fs / f0`` is the loop's whole delay, ``D`` plus the low-pass's phase delay).
-Instead of running the recursion sample by sample, the transfer function is
-evaluated at the clip's DFT bins, which is exact for the loop with an ideal
-(band-limited) fractional delay: the result is the clip-periodic wrap of the
-loop's response, like every source of the world.
-
-Factors:
-
-* ``f0``: the fundamental.  ``D = fs / f0 - tau(w1)``, where ``tau`` is the phase delay
-  of ``H`` at the fundamental, puts the lowest loop resonance exactly at ``f0``;
-  for ``S != 1/2`` the upper partials are slightly inharmonic, as in the real loop.
-* ``decay``: T60 of the fundamental in s.  ``rho`` is set so that the loop's pole at
-  the fundamental has radius ``10^(-3 / (decay fs))`` (|p|^D = rho |H(p)|); partial
-  ``k`` loses the loop gain ``g_k = rho |H(e^jw_k)|`` per period ``1 / f0``, so
-  ``T60_k = -ln(1000) / (f0 ln g_k)`` (:func:`partial_t60`; first order in the pole
-  radius, within 0.1 % of ``decay`` for k = 1): brighter loops keep high partials longer.
-* ``brightness``: ``S = (1 - brightness) / 2``: 0 is the classic averaging loop,
-  towards 1 the loop damps all partials alike.
-* ``pluck_position``: ``beta`` (0.5 is the middle: no even harmonics).
-* ``string_excitation``: ``plucked``: a unit impulse at the peak of every event's
-  attack (the ADSR is a gate around a pluck, like the modal source's strikes);
-  ``bowed``: a band-limited sawtooth at ``f0`` (the Helmholtz motion; the bow
-  locks the string to exact harmonics) plus bow noise 30 dB below it, both through
-  the comb and the loop: a sustained tone whose ADSR is the bow pressure.
-  Bowed strings are periodic over the clip (``f0`` on the clip's FFT grid).
-"""
+"""Plucked and bowed strings: the extended Karplus-Strong loop, evaluated at the clip's DFT bins (exact for a loop
+with an ideal fractional delay), so that the string is periodic over the clip like every source (docs/world.md)."""
 from __future__ import annotations
 
 import math
@@ -43,16 +9,15 @@ import torch
 
 from audiopg.core.config import check_interval, check_range
 from audiopg.core.errors import ConfigError
-from audiopg.synth.sources.basic import (
+from audiopg.synth.registry import (
+    DB60,
     Source,
-    _check_common,
-    _check_f0,
     check_choices,
-    choose,
+    check_common,
+    check_f0,
     quantize_frequency,
-    register_source,
 )
-from audiopg.synth.sources.modal import DB60, log_uniform, strike_train
+from audiopg.synth.sources.modal import strike_train
 
 STRING_EXCITATIONS = ("plucked", "bowed")
 
@@ -96,7 +61,6 @@ class StringConfig:
     bow_noise_db: float = -30.0  # bow noise power relative to the bowed sawtooth's
 
 
-@register_source
 class KarplusStrong(Source):
     name = "string"
     config_cls = StringConfig
@@ -105,8 +69,8 @@ class KarplusStrong(Source):
     categories = {"string_excitation": STRING_EXCITATIONS}
 
     def check(self, cfg, world, key):
-        _check_common(key, cfg)
-        _check_f0(key, cfg.f0, world)
+        check_common(key, cfg)
+        check_f0(key, cfg.f0, world)
         if cfg.f0[1] >= 0.25 * world.sample_rate:
             raise ConfigError(f"{key}.f0", f"max {cfg.f0[1]} Hz must be below a quarter of the sample rate "
                               "(a loop of at least 4 samples)")
@@ -118,11 +82,11 @@ class KarplusStrong(Source):
 
     def sample(self, cfg, n, rng):
         return {
-            "f0": log_uniform(rng, n, *cfg.f0),
-            "decay": log_uniform(rng, n, *cfg.decay),
+            "f0": rng.log_uniform(n, *cfg.f0),
+            "decay": rng.log_uniform(n, *cfg.decay),
             "brightness": rng.uniform(n, *cfg.brightness),
             "pluck_position": rng.uniform(n, *cfg.pluck_position),
-            "string_excitation": choose(rng, n, cfg.excitations, STRING_EXCITATIONS),
+            "string_excitation": rng.choose(n, cfg.excitations, STRING_EXCITATIONS),
         }
 
     def render(self, cfg, factors, num_samples, sample_rate, rng):

@@ -1,32 +1,5 @@
-"""Texture sources: grain clouds, modulated filtered noise, and gliding tones with vibrato and tremolo.
-
-* ``granular`` (rain, crackle, applause, fizz): a cloud of ``round(grain_rate x clip
-  length)`` grains at uniformly random times (exactly that many), each a Hann
-  window of ``grain_seconds`` with a random gain (+/- 6 dB), multiplying band noise
-  whose power spectrum is a Gaussian centred on ``grain_centroid`` with a standard
-  deviation of ``grain_bandwidth`` x the centre.  The cloud's spectrum is that band
-  convolved with the grain envelope's spectrum (symmetric about 0), so its spectral
-  centroid is ``grain_centroid`` (up to the band's truncation at 0 and Nyquist).
-  Sparse short grains crackle; dense ones rain or fizz; 5-20 ms grains at a few
-  hundred per second in the 1-3 kHz region applaud.
-* ``modulated_noise`` (wind, engines, hum, surf): noise in a band (Gaussian in
-  log-frequency: centre ``band_centre``, standard deviation ``band_octaves``), times
-  ``1 + mod_depth * m(t)``: a sine at ``mod_rate`` (``mod_shape`` sine: engines,
-  hum) or a smooth random signal band-limited to ``mod_rate`` and scaled to peak 1
-  (random: wind gusts, surf).  Narrow bands are near-tonal hums.
-* ``glide`` (chirps, sirens, birds, glissandi): a tone with ``glide_harmonics``
-  harmonics (amplitude 1 / k) whose frequency goes exponentially from
-  ``glide_start`` to ``glide_end`` in ``glide_seconds``, starting again at every
-  event onset and every ``glide_seconds`` within an event (repeated chirps; a long
-  ``glide_seconds`` is one glide per event), each sweep faded in and out over 5 ms;
-  on top a vibrato (sinusoidal frequency modulation of ``vibrato_depth`` semitones
-  at ``vibrato_rate``) and a tremolo (amplitude ``1 + tremolo_depth sin(...)``
-  at ``tremolo_rate``).  Harmonics above 0.45 x the sample rate fade out.
-
-All three are time signals over the clip, at their exact rates (not rounded to the
-clip's FFT grid: they need not be periodic over the clip, which only matters for the
-low-pass's sub-millisecond wrap at the clip's ends).
-"""
+"""Texture sources: grain clouds (rain, crackle, applause), modulated band noise (wind, engines, hum) and gliding
+tones with vibrato and tremolo (chirps, sirens), as time signals at their exact rates (docs/world.md)."""
 from __future__ import annotations
 
 import math
@@ -36,14 +9,7 @@ import torch
 
 from audiopg.core.config import check_interval
 from audiopg.core.errors import ConfigError
-from audiopg.synth.sources.basic import (
-    Source,
-    _check_common,
-    check_choices,
-    choose,
-    register_source,
-)
-from audiopg.synth.sources.modal import log_uniform
+from audiopg.synth.registry import Source, check_choices, check_common
 
 MOD_SHAPES = ("sine", "random")
 
@@ -67,7 +33,6 @@ class GranularConfig:
     bandwidth: tuple[float, float] = (0.05, 0.3)  # band standard deviation / centroid
 
 
-@register_source
 class Granular(Source):
     name = "granular"
     config_cls = GranularConfig
@@ -75,7 +40,7 @@ class Granular(Source):
                    "grain_bandwidth": math.nan}
 
     def check(self, cfg, world, key):
-        _check_common(key, cfg)
+        check_common(key, cfg)
         check_interval(f"{key}.rate", cfg.rate, 0.01, 0.5 * world.sample_rate)
         check_interval(f"{key}.seconds", cfg.seconds, 4.0 / world.sample_rate, 1.0)
         check_interval(f"{key}.centroid", cfg.centroid, 1.0)
@@ -85,9 +50,9 @@ class Granular(Source):
 
     def sample(self, cfg, n, rng):
         return {
-            "grain_rate": log_uniform(rng, n, *cfg.rate),
-            "grain_seconds": log_uniform(rng, n, *cfg.seconds),
-            "grain_centroid": log_uniform(rng, n, *cfg.centroid),
+            "grain_rate": rng.log_uniform(n, *cfg.rate),
+            "grain_seconds": rng.log_uniform(n, *cfg.seconds),
+            "grain_centroid": rng.log_uniform(n, *cfg.centroid),
             "grain_bandwidth": rng.uniform(n, *cfg.bandwidth),
         }
 
@@ -127,7 +92,6 @@ class ModulatedNoiseConfig:
     shapes: tuple[str, ...] = MOD_SHAPES  # sine (engines, hum) or random (wind, surf)
 
 
-@register_source
 class ModulatedNoise(Source):
     name = "modulated_noise"
     config_cls = ModulatedNoiseConfig
@@ -136,7 +100,7 @@ class ModulatedNoise(Source):
     categories = {"mod_shape": MOD_SHAPES}
 
     def check(self, cfg, world, key):
-        _check_common(key, cfg)
+        check_common(key, cfg)
         check_interval(f"{key}.centre", cfg.centre, 1.0)
         if cfg.centre[1] >= 0.45 * world.sample_rate:
             raise ConfigError(f"{key}.centre", f"max {cfg.centre[1]} Hz must be below 0.45 x the sample rate")
@@ -147,11 +111,11 @@ class ModulatedNoise(Source):
 
     def sample(self, cfg, n, rng):
         return {
-            "band_centre": log_uniform(rng, n, *cfg.centre),
-            "band_octaves": log_uniform(rng, n, *cfg.octaves),
-            "mod_rate": log_uniform(rng, n, *cfg.rate),
+            "band_centre": rng.log_uniform(n, *cfg.centre),
+            "band_octaves": rng.log_uniform(n, *cfg.octaves),
+            "mod_rate": rng.log_uniform(n, *cfg.rate),
             "mod_depth": rng.uniform(n, *cfg.depth),
-            "mod_shape": choose(rng, n, cfg.shapes, MOD_SHAPES),
+            "mod_shape": rng.choose(n, cfg.shapes, MOD_SHAPES),
             "mod_phase": rng.uniform(n, 0.0, 2 * math.pi),
         }
 
@@ -189,7 +153,6 @@ class GlideConfig:
     tremolo_depth: tuple[float, float] = (0.0, 0.8)  # amplitude 1 + depth sin(...)
 
 
-@register_source
 class Glide(Source):
     name = "glide"
     config_cls = GlideConfig
@@ -199,7 +162,7 @@ class Glide(Source):
     FADE = 0.005  # s: every sweep fades in and out
 
     def check(self, cfg, world, key):
-        _check_common(key, cfg)
+        check_common(key, cfg)
         for name in ("start", "end"):
             check_interval(f"{key}.{name}", getattr(cfg, name), 1.0)
             if getattr(cfg, name)[1] >= 0.45 * world.sample_rate:
@@ -213,9 +176,9 @@ class Glide(Source):
 
     def sample(self, cfg, n, rng):
         return {
-            "glide_start": log_uniform(rng, n, *cfg.start),
-            "glide_end": log_uniform(rng, n, *cfg.end),
-            "glide_seconds": log_uniform(rng, n, *cfg.seconds),
+            "glide_start": rng.log_uniform(n, *cfg.start),
+            "glide_end": rng.log_uniform(n, *cfg.end),
+            "glide_seconds": rng.log_uniform(n, *cfg.seconds),
             "glide_harmonics": rng.integers(n, *cfg.harmonics),
             "vibrato_rate": rng.uniform(n, *cfg.vibrato_rate),
             "vibrato_depth": rng.uniform(n, *cfg.vibrato_depth),

@@ -1,43 +1,5 @@
-"""A source-filter voice: a glottal pulse train through time-varying formant resonators,
-with fricatives and stops between voiced parts.
-
-Layout.  A clip holds ``syllables`` equal syllables; syllable ``k`` has a vowel
-``vowels[k]`` and, unless ``consonants[k]`` is ``none``, starts with a consonant that
-takes ``consonant_fraction`` of it (a fricative ``s``, ``sh``, ``f``: shaped noise; or a
-``stop``: silence for 60 % of the consonant, then a 8 ms burst).  Voicing ramps in and
-out over 10 ms around the consonants.  ``voiced_fraction`` is the share of the clip
-that is voiced (exact, from the layout).
-
-Source.  The glottal excitation is a band-limited pulse train: the phase of the pitch
-contour ``f0(t) = f0_start * (f0_end / f0_start) ^ (t / T)`` (an intonation glide of
-``f0_glide`` semitones over the clip whose time average is ``f0``) is accumulated
-analytically and every whole cycle gets one pulse, a windowed sinc (band edge 0.9 x
-Nyquist) at its exact, fractional time; ``jitter`` perturbs every period (relative
-standard deviation of the period) and ``shimmer`` every pulse's amplitude (relative
-standard deviation).  The glottal flow's spectral shape (a critically damped
-two-pole low-pass near f0, -12 dB/octave) and the radiation at the lips (+6 dB/octave)
-are applied per frame, as is aspiration noise at ``breathiness`` dB below the pulses.
-
-Filter.  ``formants`` (3-5) Klatt resonators in cascade, ``1 / (1 - B z^-1 - C z^-2)``
-at unit gain at 0 Hz, whose frequencies follow the vowel targets (Peterson and Barney's
-adult male averages, times ``tract_scale``: about 1 for men, 1.17 for women, 1.3 for
-children) held over the last 70 % of every vowel and moving linearly from one vowel's
-to the next's over the consonant and the first 30 % of the vowel.  F4 and F5 are
-3300 and 3750 Hz times ``tract_scale``.  ``formant_start`` and ``formant_end`` (n, 3)
-are F1-F3 of the first and last vowel: the formants at the clip's start and end.
-
-Time-varying filtering is done frame-wise (overlap-add): the excitations are cut
-into periodic-Hann frames of 32 ms at a 16 ms hop (they add up to 1), every frame is
-zero-padded to twice its length, multiplied by the filters' frequency responses at
-its centre time and transformed back, and the frames are added.  A fixed filter is
-thus exact linear convolution (up to tails longer than 32 ms, below -50 dB for the
-narrowest formant); a moving one crossfades between frames.  The whole clip is
-processed circularly, so the voice is periodic over the clip like every source.
-
-``f0`` and ``f0_glide`` drive the rendering; ``f0_start``, ``f0_end``, ``formant_start``,
-``formant_end`` and ``voiced_fraction`` are derived when the factors are drawn (fixing
-``f0`` afterwards leaves them as they were).
-"""
+"""A source-filter voice: a glottal pulse train through moving formant resonators, with fricatives and stops
+between voiced parts, filtered frame-wise (overlap-add) and circularly over the clip (docs/world.md)."""
 from __future__ import annotations
 
 import math
@@ -47,8 +9,7 @@ import torch
 
 from audiopg.core.config import check_interval, check_probability, check_range
 from audiopg.core.errors import ConfigError
-from audiopg.synth.sources.basic import Source, _check_common, register_source
-from audiopg.synth.sources.modal import log_uniform
+from audiopg.synth.registry import Source, check_common
 
 # Peterson & Barney (1952), adult male averages: F1, F2, F3 in Hz (ARPAbet names)
 VOWEL_FORMANTS: dict[str, tuple[float, float, float]] = {
@@ -98,7 +59,6 @@ class VoiceConfig:
         return int(self.syllables[1])
 
 
-@register_source
 class Voice(Source):
     name = "voice"
     config_cls = VoiceConfig
@@ -109,7 +69,7 @@ class Voice(Source):
     categories = {"vowels": VOWELS, "consonants": CONSONANTS}
 
     def check(self, cfg, world, key):
-        _check_common(key, cfg)
+        check_common(key, cfg)
         check_interval(f"{key}.f0", cfg.f0, 20.0, 2000.0)
         check_interval(f"{key}.glide", cfg.glide, -24.0, 24.0)
         if cfg.f0[1] * 2 ** (max(abs(cfg.glide[0]), abs(cfg.glide[1])) / 12) >= 0.25 * world.sample_rate:
@@ -137,7 +97,7 @@ class Voice(Source):
         device = rng.device
         K = cfg.max_syllables
         vowel_codes = torch.tensor([VOWELS.index(v) for v in cfg.vowels], device=device)
-        f0 = log_uniform(rng, n, *cfg.f0)
+        f0 = rng.log_uniform(n, *cfg.f0)
         glide = rng.uniform(n, *cfg.glide)
         jitter = rng.uniform(n, *cfg.jitter)
         shimmer = rng.uniform(n, *cfg.shimmer)
