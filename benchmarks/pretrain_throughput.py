@@ -32,6 +32,7 @@ import torch
 
 from audiopg.audio.fbank import FbankStats
 from audiopg.core.device import DistInfo, setup_distributed
+from audiopg.model.factor_heads import world_factor_targets
 from audiopg.train.config import build_pretrain_config
 from audiopg.train.data import SynthSpectrograms
 from audiopg.train.prefetch import Prefetcher
@@ -56,8 +57,9 @@ def measure(args: argparse.Namespace) -> dict:
     world_cfg = config.world_config(model_cfg)
     fbank_cfg = config.fbank_config(model_cfg, world_cfg)
     # normalization constants do not change the cost; the trainer measures them on the world
-    data = SynthSpectrograms(world_cfg, fbank_cfg, FbankStats(mean=-4.6, std=4.0), device)
-    model = build_model(config, device)
+    targets = world_factor_targets(world_cfg) if config.objective_config().factors else ()
+    data = SynthSpectrograms(world_cfg, fbank_cfg, FbankStats(mean=-4.6, std=4.0), device, targets)
+    model = build_model(config, device, targets)
     runner = StepRunner(model, build_optimizer(model, config, device), config, device, DistInfo())
     n = config.batch_size
     gen = data.generator(1)
@@ -79,13 +81,13 @@ def measure(args: argparse.Namespace) -> dict:
     synth_ms = statistics.median(synth_t[1:]) / n * 1e3
     fbank_ms = statistics.median(fbank_t[1:]) / n * 1e3
 
-    x0 = data.batch(n, gen)
+    x0 = data.draw(n, gen)
 
     def step(x: torch.Tensor) -> None:
-        loss, norm = runner.forward_backward(x, mask_gen)
+        loss, norm, _ = runner.forward_backward(x, mask_gen)
         float(loss.item())
         float(norm.item())
-        runner.apply(config.lr)
+        runner.apply(config.lr, 0, 1)
 
     for _ in range(args.warmup):  # allocations, autotuning, compilation
         step(x0)

@@ -24,10 +24,12 @@ import sys
 import time
 from pathlib import Path
 
+from audiopg.cli.common import layer_arg
 from audiopg.core.device import set_torch_threads
 from audiopg.eval.datasets import default_data_root, load_dataset
 from audiopg.eval.probe import run_probe
 from audiopg.eval.report import format_score
+from audiopg.model.encoder import POOLS
 
 #: handcrafted-baseline accuracies measured by the project on the shared data (reference, not targets)
 REFERENCE_HANDCRAFTED = {"fsdd-own": 0.953, "fsdd-loso": 0.56, "esc50-part": 0.31}
@@ -46,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=default_data_root(), help="shared data folder (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("transfer_cpu_results"), help="output folder")
     p.add_argument("--tasks", default=",".join(t[0] for t in TASKS), help="comma-separated subset of the tasks")
-    p.add_argument("--layer", type=int, default=-1)
-    p.add_argument("--pool", choices=("mean", "cls"), default="mean")
+    p.add_argument("--layer", type=layer_arg, default=-1, help="encoder layer: -1 (final output), i or concat")
+    p.add_argument("--pool", choices=POOLS, default="mean", help="pooling of the encoder's tokens")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)

@@ -20,11 +20,11 @@ from audiopg.experiments.ablate import (
     check_variant,
     default_variants,
     parse_families,
-    parse_tasks,
     parse_variant,
     run_ablation,
     run_config,
 )
+from audiopg.experiments.transfer import parse_tasks
 from audiopg.synth import load_world_config
 from audiopg.train.pretrain import pretrain
 
@@ -130,6 +130,7 @@ def test_mini_ablation_writes_the_table_and_resumes(tmp_path, capsys):
     for name in ("paper", "rich-no-voice"):
         run = summary["runs"][name]["seed0"]
         assert run["status"] == "trained" and run["steps"] == 2
+        assert run["load"]["sessions"] == 1 and run["load"]["start"] >= 0.0 and run["load"]["end"] >= 0.0
         assert (out / name / "seed0" / "encoder.safetensors").exists()
         for task in ("fsdd-own", "fsdd-loso"):
             r = summary["results"][name][task]
@@ -181,6 +182,7 @@ def test_unfinished_run_is_resumed(tmp_path):
                            log=logs.append)
     run = summary["runs"]["paper"]["seed0"]
     assert run["status"] == "resumed" and run["steps"] == 2
+    assert run["load"]["sessions"] == 1  # the session the ablation ran (the first ran outside it)
     assert any("resuming" in line for line in logs)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2]

@@ -112,6 +112,24 @@ def test_embed_list_file_layer_and_pool(run_dir, audio_dir, tmp_path):
     np.testing.assert_allclose(matrix[1], ref, atol=1e-5)
 
 
+def test_embed_meanstd_concat_and_layer_all_refused(run_dir, audio_dir, tmp_path, capsys):
+    out = tmp_path / "emb"
+    assert main(["embed", str(audio_dir), "--checkpoint", str(run_dir), "--out", str(out), "--layer", "concat",
+                 "--pool", "meanstd", "--no-progress"]) == 0
+    assert "(layer concat, meanstd-pooled)" in capsys.readouterr().out
+    matrix = np.load(tmp_path / "emb.npy")
+    assert matrix.shape == (3, 2 * 2 * 16)
+    enc = Encoder.from_pretrained(run_dir)
+    ref = enc.embed(load_audio(audio_dir / "a.wav"), 16000, layer="concat", pool="meanstd").scene[0].numpy()
+    np.testing.assert_allclose(matrix[0], ref, atol=1e-5)
+    assert main(["embed", str(audio_dir), "--checkpoint", str(run_dir), "--out", str(tmp_path / "e"), "--layer",
+                 "-1", "--pool", "meanstd", "--no-progress"]) == 0
+    np.testing.assert_allclose(np.load(tmp_path / "e.npy")[:, :16], np.load(tmp_path / "emb.npy")[:, 32:48], atol=1e-5)
+    with pytest.raises(SystemExit):
+        main(["embed", str(audio_dir), "--checkpoint", str(run_dir), "--out", str(out), "--layer", "all"])
+    assert "--layer must be" in capsys.readouterr().err
+
+
 def test_bad_file_fails_by_default_naming_it_and_writes_nothing(run_dir, audio_dir, tmp_path, capsys):
     add_bad_files(audio_dir)
     out = tmp_path / "emb"
@@ -205,6 +223,41 @@ def test_export_copies_files_and_writes_the_card(run_dir, tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     assert main(["export", str(run_dir), "--out", str(model_dir), "--force"]) == 0
     assert "No results measured yet" in (model_dir / "README.md").read_text()  # run folder has no results.json
+
+
+def test_export_records_the_default_pooling_and_keeps_the_weights(run_dir, audio_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from audiopg.model.checkpoint import read_metadata
+
+    before = (run_dir / "encoder.safetensors").read_bytes()
+    model_dir = tmp_path / "model"
+    assert main(["export", str(run_dir), "--out", str(model_dir), "--pool", "meanstd"]) == 0
+    assert "default pooling recorded: layer -1, meanstd" in capsys.readouterr().out
+    assert (run_dir / "encoder.safetensors").read_bytes() == before  # the run folder is never written
+    assert not (run_dir / "README.md").exists()
+    old, new = load_file(run_dir / "encoder.safetensors"), load_file(model_dir / "encoder.safetensors")
+    assert old.keys() == new.keys() and all(torch.equal(old[k], new[k]) for k in old)
+    meta = read_metadata(model_dir / "encoder.safetensors")
+    assert meta.pop("embedding") == {"layer": -1, "pool": "meanstd"}
+    assert meta == read_metadata(run_dir / "encoder.safetensors")
+    exported = Encoder.from_pretrained(model_dir)
+    assert (exported.default_layer, exported.default_pool) == (-1, "meanstd")
+    # the embed command follows it; the run folder (no entry) keeps the library default
+    assert main(["embed", str(audio_dir), "--checkpoint", str(model_dir), "--out", str(tmp_path / "e"),
+                 "--no-progress"]) == 0
+    assert np.load(tmp_path / "e.npy").shape == (3, 32)
+    assert Encoder.from_pretrained(run_dir).default_pool == "mean"
+    # exporting the exported folder again keeps its choice; --layer alone keeps the pool it had
+    assert main(["export", str(model_dir), "--out", str(tmp_path / "m2")]) == 0
+    assert read_metadata(tmp_path / "m2" / "encoder.safetensors")["embedding"] == {"layer": -1, "pool": "meanstd"}
+    assert main(["export", str(model_dir), "--out", str(tmp_path / "m3"), "--layer", "concat"]) == 0
+    stored = read_metadata(tmp_path / "m3" / "encoder.safetensors")["embedding"]
+    assert stored == {"layer": "concat", "pool": "meanstd"}
+    capsys.readouterr()
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "m4"), "--layer", "5"]) == 2
+    assert "--layer/--pool: layer must be" in capsys.readouterr().err
+    assert not (tmp_path / "m4" / "encoder.safetensors").exists()
 
 
 def test_export_refuses_a_broken_checkpoint(tmp_path, capsys):

@@ -1,6 +1,8 @@
 """Tests for audiopg.Encoder: strict loading, preprocessing, windowing, pooling, time stamps."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,15 @@ from audiopg.audio.io import noise_floor, resample
 from audiopg.core.config import to_dict
 from audiopg.core.errors import CheckpointError
 from audiopg.model import ModelConfig, ViTEncoder
+from audiopg.model import encoder as encoder_module
 from audiopg.model.checkpoint import save_encoder
-from audiopg.model.encoder import Encoder
+from audiopg.model.encoder import (
+    DEFAULT_LAYER,
+    DEFAULT_POOL,
+    POOLS,
+    Encoder,
+    parse_layer,
+)
 from audiopg.synth import load_world_config
 
 torch.set_num_threads(1)
@@ -34,14 +43,17 @@ def metadata(cfg: ModelConfig, **world_changes) -> dict:
     }
 
 
-def make_checkpoint(folder, seed: int = 0, state_edit=None, **world_changes):
+def make_checkpoint(folder, seed: int = 0, state_edit=None, embedding=None, **world_changes):
     cfg = ModelConfig(**TINY)
     torch.manual_seed(seed)
     vit = ViTEncoder(cfg)
     state = vit.state_dict()
     if state_edit is not None:
         state = state_edit(dict(state))
-    save_encoder(folder / "encoder.safetensors", state, metadata(cfg, **world_changes))
+    meta = metadata(cfg, **world_changes)
+    if embedding is not None:
+        meta["embedding"] = embedding
+    save_encoder(folder / "encoder.safetensors", state, meta)
     return vit
 
 
@@ -266,6 +278,138 @@ def test_bad_inputs_raise_clear_errors(enc):
         enc.embed(noise(100), SR, pool="max")
     with pytest.raises(ValueError, match="sample_rate"):
         enc.embed(noise(100), 0)
+
+
+# ----------------------------------------------------------------------------- pooling choices
+@pytest.mark.parametrize("pool", POOLS)
+def test_every_pooling_has_the_documented_shape_and_batches_equal_items(enc, pool):
+    clips = [noise(n, i) for i, n in enumerate((3000, 10240, 33333))]  # short, one window, long
+    width = {"mean": 32, "cls": 32, "meanstd": 64}[pool]
+    for layer, shape in ((-1, (width,)), (1, (width,)), ("all", (3, width)), ("concat", (3 * width,))):
+        assert enc.embedding_size_for(layer, pool) == shape[-1]
+        together = enc.embed(clips, SR, layer=layer, pool=pool, batch_size=4).scene
+        assert together.shape == (3, *shape)
+        for i, clip in enumerate(clips):
+            one = enc.embed(clip, SR, layer=layer, pool=pool, batch_size=1).scene
+            assert one.shape == (1, *shape)
+            torch.testing.assert_close(one[0], together[i], atol=1e-5, rtol=1e-4)
+
+
+def test_meanstd_starts_with_the_mean_and_its_std_is_non_negative(enc):
+    clips = [noise(n, i) for i, n in enumerate((300, 5000, 10240, 33333))]
+    for layer in (-1, 0, "all"):
+        ms = enc.embed(clips, SR, layer=layer, pool="meanstd").scene
+        torch.testing.assert_close(ms[..., :32], enc.embed(clips, SR, layer=layer, pool="mean").scene,
+                                   atol=1e-6, rtol=1e-6)
+        std = ms[..., 32:]
+        assert bool((std[0] == 0).all())  # 300 samples: one signal column, nothing varies over time
+        assert bool((std[1:] > 0).all())
+
+
+def test_meanstd_is_the_std_over_time_of_the_signal_columns(run, enc):
+    vit = run[1]
+    x = noise(5000)  # 2 of the 4 patch columns hold signal
+    with torch.no_grad():
+        tokens = vit.forward_features(manual_spec(x, 64)[None])[0, 1:].reshape(4, 8, 32)  # (time, frequency, D)
+    columns = tokens[:2].mean(dim=1)
+    ref = torch.cat([columns.mean(dim=0), columns.std(dim=0, correction=0)])
+    got = enc.embed(x, SR, pool="meanstd").scene[0]
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(got[32:], tokens[:2].reshape(16, 32).std(dim=0, correction=0), atol=1e-3)
+    # a long clip: each window's std (windows start at columns 0, 2, 4, 5), averaged over the windows
+    x = noise(135 * 160 + 400)
+    spec = manual_spec(x, 144)
+    with torch.no_grad():
+        windows = torch.stack([spec[s * 16:(s + 4) * 16] for s in (0, 2, 4, 5)])
+        columns = vit.forward_features(windows)[:, 1:].reshape(4, 4, 8, 32).mean(dim=2)  # (window, time, D)
+    ref = torch.cat([columns.mean(dim=1), columns.std(dim=1, correction=0)], dim=1).mean(dim=0)
+    torch.testing.assert_close(enc.embed(x, SR, pool="meanstd").scene[0], ref, atol=1e-5, rtol=1e-4)
+
+
+def test_meanstd_of_constant_tokens_has_zero_std(run):
+    vit = copy.deepcopy(run[1])
+    bias = torch.linspace(-1.0, 1.0, 32)
+    with torch.no_grad():  # the final norm then outputs `bias` for every token
+        vit.norm.weight.zero_()
+        vit.norm.bias.copy_(bias)
+    enc = Encoder(vit, metadata(vit.config))
+    out = enc.embed([noise(5000), noise(33333, 1)], SR, pool="meanstd").scene
+    torch.testing.assert_close(out[:, :32], bias.expand(2, -1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out[:, 32:], torch.zeros(2, 32), atol=1e-6, rtol=0)
+    assert bool((enc.embed(noise(5000), SR, layer=0, pool="meanstd").scene[:, 32:] > 1e-3).all())
+
+
+def test_concat_is_the_per_layer_embeddings_side_by_side(enc):
+    clips = [noise(3000, 1), noise(20000, 2)]
+    for pool in POOLS:
+        per_layer = [enc.embed(clips, SR, layer=layer, pool=pool).scene for layer in (0, 1, -1)]
+        concat = enc.embed(clips, SR, layer="concat", pool=pool).scene
+        torch.testing.assert_close(concat, torch.cat(per_layer, dim=1), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(concat, enc.embed(clips, SR, layer="all", pool=pool).scene.reshape(2, -1))
+
+
+def test_concat_timestamps_are_every_layers_column_means_side_by_side(enc):
+    x = noise(20000)
+    frames, stamps = enc.embed_timestamps(x, SR, layer="concat")
+    assert frames.shape == (1, stamps.shape[1], 3 * 32)
+    for i, layer in enumerate((0, 1, -1)):
+        f, t = enc.embed_timestamps(x, SR, layer=layer)
+        torch.testing.assert_close(frames[..., i * 32:(i + 1) * 32], f, atol=1e-5, rtol=1e-4)
+        assert torch.equal(t, stamps)
+    out = enc.embed(x, SR, layer="concat", pool="meanstd", timestamps=True)
+    assert out.scene.shape == (1, 3 * 64)
+    torch.testing.assert_close(out.frames, frames)
+
+
+def test_the_checkpoint_default_pooling_is_honoured(tmp_path, enc, monkeypatch):
+    clips = [noise(3000), noise(20000, 1)]
+    assert (enc.default_layer, enc.default_pool) == (DEFAULT_LAYER, DEFAULT_POOL)  # no 'embedding' metadata
+    make_checkpoint(tmp_path / "a", embedding={"layer": "concat", "pool": "meanstd"})  # same weights as `enc`
+    a = Encoder.from_pretrained(tmp_path / "a")
+    assert (a.default_layer, a.default_pool) == ("concat", "meanstd") and a.embedding_size_for() == 3 * 64
+    torch.testing.assert_close(a.embed(clips, SR).scene, enc.embed(clips, SR, layer="concat", pool="meanstd").scene)
+    torch.testing.assert_close(a.embed(clips, SR, layer=-1, pool="mean").scene, enc.embed(clips, SR).scene)
+    assert a.embed_timestamps(clips, SR)[0][0].shape[1] == 3 * 32  # time stamps follow the default layer
+    make_checkpoint(tmp_path / "b", embedding={"pool": "cls"})
+    b = Encoder.from_pretrained(tmp_path / "b")
+    assert (b.default_layer, b.default_pool) == (DEFAULT_LAYER, "cls")
+    torch.testing.assert_close(b.embed(clips, SR).scene, enc.embed(clips, SR, pool="cls").scene)
+    # without the entry, the library constants decide
+    monkeypatch.setattr(encoder_module, "DEFAULT_POOL", "meanstd")
+    c = Encoder.from_pretrained(tmp_path / "b", reinit=True)
+    assert c.default_pool == "cls" and Encoder.from_pretrained(tmp_path / "a").default_pool == "meanstd"
+    assert Encoder(enc.model, enc.metadata).default_pool == "meanstd"
+
+
+@pytest.mark.parametrize("stored, message", [
+    ({"pool": "max"}, "pool must be one of"),
+    ({"layer": 3}, "layer must be"),
+    ({"layer": "all"}, "one vector|several vectors"),
+    ({"pooling": "mean"}, "'embedding' must be a mapping with 'layer' and/or 'pool'"),
+    ("meanstd", "'embedding' must be a mapping"),
+])
+def test_invalid_stored_pooling_is_a_checkpoint_error(tmp_path, stored, message):
+    make_checkpoint(tmp_path, embedding=stored)
+    with pytest.raises(CheckpointError, match=message) as err:
+        Encoder.from_pretrained(tmp_path)
+    assert str(tmp_path / "encoder.safetensors") in str(err.value)
+
+
+def test_invalid_layer_or_pool_names_the_option(enc):
+    with pytest.raises(ValueError, match="pool must be one of 'mean', 'cls', 'meanstd', got 'max'"):
+        enc.check_layer_pool(-1, "max")
+    for layer in ("concatenated", 3, True, -2, None):
+        with pytest.raises(ValueError, match="layer must be"):
+            enc.check_layer_pool(layer, "mean")
+    with pytest.raises(ValueError, match="layer must be"):
+        enc.embedding_size_for(5, "mean")
+    with pytest.raises(ValueError, match="pool must be"):
+        enc.embed(noise(100), SR, pool="std")
+    with pytest.raises(ValueError, match="'concat', not layer='all'"):
+        enc.embed_timestamps(noise(1000), SR, layer="all")
+    assert parse_layer("concat") == "concat" and parse_layer("-1") == -1 and parse_layer("2") == 2
+    with pytest.raises(ValueError, match="layer must be an integer .* or 'concat', got 'all'"):
+        parse_layer("all")
 
 
 # ----------------------------------------------------------------------------- time stamps

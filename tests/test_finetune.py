@@ -16,12 +16,14 @@ from audiopg.core.config import to_dict
 from audiopg.core.errors import ConfigError
 from audiopg.core.schedule import lr_at
 from audiopg.eval.datasets import load_dataset
+from audiopg.eval.datasets.base import Split
 from audiopg.eval.finetune import (
     FinetuneModel,
     Recipe,
     list_recipes,
     load_recipe,
     patch_keep_ids,
+    probe_head,
     run_finetune,
     spec_augment,
 )
@@ -69,6 +71,11 @@ def test_bundled_recipes_load_and_cover_the_benchmarks():
     assert esc.peak_lr() == pytest.approx(esc.blr * esc.batch_size / 256)
     assert load_recipe("fsd50k-base").loss == "bce"
     assert load_recipe("esc50-tiny", ["epochs=2", "folds=1"]).epochs == 2
+    # the base recipes (AudioMAE's settings) keep MAE's cold head; the tiny ones start from a linear probe
+    assert {n: load_recipe(n).head_init for n in names if n.endswith("-base")} == {
+        n: "random" for n in names if n.endswith("-base")}
+    assert load_recipe("fsdd-tiny").head_init == "probe" and load_recipe("esc50-tiny").head_init == "probe"
+    assert load_recipe("esc50-tiny").epochs >= 20
 
 
 def test_recipe_errors_name_the_key(tmp_path):
@@ -78,6 +85,8 @@ def test_recipe_errors_name_the_key(tmp_path):
         Recipe(layer_decay=1.5)
     with pytest.raises(ConfigError, match="recipe"):
         load_recipe("no-such-recipe")
+    with pytest.raises(ConfigError, match="head_init"):
+        load_recipe("fsdd-tiny", ["head_init=linear"])
     f = tmp_path / "r.yaml"
     f.write_text("epochs: 2\nmixup: 0.4\n")
     assert load_recipe(f).mixup == 0.4
@@ -223,3 +232,108 @@ def test_finetune_cli(tmp_path, capsys):
     assert args.func(args) == 0
     assert "finetuned" in capsys.readouterr().out
     assert (tmp_path / "o" / "results.md").exists()
+
+
+# ----------------------------------------------------------------------------- features once, LP-FT
+def test_log_mel_features_are_computed_once_per_clip(tmp_path, monkeypatch):
+    from audiopg.audio.fbank import Fbank
+
+    calls = []
+    forward = Fbank.forward
+
+    def counting(self, waveform):
+        calls.append(tuple(waveform.shape))
+        return forward(self, waveform)
+
+    monkeypatch.setattr(Fbank, "forward", counting)
+    ckpt = tiny_checkpoint(tmp_path / "run")
+    ds = load_dataset("folder", tone_folder(tmp_path / "data", n=5))
+    recipe = Recipe(name="once", **{**SMOKE, "epochs": 3, "folds": 2, "mixup": 0.5, "head_init": "probe"})
+    res = run_finetune(ds, ckpt, recipe, tmp_path / "out", device="cpu", progress=False, baselines=["random"])
+    # 2 models x 2 splits x 3 epochs of training, probe-head features and evaluation: one fbank per clip
+    assert len(calls) == len(ds.items) == 10
+    assert all(len(shape) == 1 for shape in calls)
+    assert set(res["models"]) == {"finetuned", "random"} and len(res["splits"]) == 2
+    # over the memory budget nothing is kept: the clips are transformed again whenever they are used
+    calls.clear()
+    run_finetune(ds, ckpt, Recipe(name="nocache", **{**SMOKE, "epochs": 1, "folds": 1, "cache_audio_gb": 0.0}),
+                 tmp_path / "out2", device="cpu", progress=False)
+    assert len(calls) > len(ds.items)
+
+
+def test_probe_head_predicts_what_the_linear_probe_predicts():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from audiopg.model import ModelConfig, ViTEncoder
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_frames=32, embed_dim=32, depth=2, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
+                      decoder_num_heads=2)
+    model = FinetuneModel(ViTEncoder(cfg), 3).eval()
+    g = torch.Generator().manual_seed(1)
+    y = np.repeat(np.arange(3), 16)
+    # three classes of spectrograms that differ in level and in which band is loud
+    spec = torch.randn(48, 32, 128, generator=g)
+    for c in range(3):
+        spec[y == c, :, 40 * c:40 * c + 40] += 1.5
+    with torch.no_grad():
+        feats = model.pooled(spec).numpy()
+    rows = np.arange(48)
+    train, test = rows[rows % 4 != 0], rows[rows % 4 == 0]
+    info = probe_head(model, feats, y, Split("s", train, train), groups=np.array([f"#{i}" for i in rows]),
+                      multi=False, seed=0)
+    assert info["C"] in (0.001, 0.01, 0.1, 1.0, 10.0, 100.0) and 0.0 <= info["train_score"] <= 1.0
+    probe = make_pipeline(StandardScaler(), LogisticRegression(C=info["C"], max_iter=1000)).fit(feats[train], y[train])
+    with torch.no_grad():
+        probs = torch.softmax(model(spec[test]), dim=-1).numpy()
+    np.testing.assert_array_equal(probs.argmax(axis=1), probe.predict(feats[test]))
+    np.testing.assert_allclose(probs, probe.predict_proba(feats[test]), atol=2e-3)
+    assert (probe.predict(feats[test]) == y[test]).mean() > 0.5  # the fixture is learnable: a real comparison
+
+
+def test_probe_head_binary_and_multi_label():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from audiopg.model import ModelConfig, ViTEncoder
+
+    cfg = ModelConfig(num_frames=32, embed_dim=32, depth=1, num_heads=2, decoder_embed_dim=32, decoder_depth=1,
+                      decoder_num_heads=2)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 32)).astype(np.float32)
+    groups = np.array([f"#{i}" for i in range(40)])
+    split = Split("s", np.arange(40), np.arange(40))
+    # binary: the two outputs' softmax equals the probe's probability
+    model = FinetuneModel(ViTEncoder(cfg), 2).eval()
+    y = (x[:, 0] + 0.3 * rng.standard_normal(40) > 0).astype(int)
+    info = probe_head(model, x, y, split, groups=groups, multi=False, seed=0)
+    lr = LogisticRegression(C=info["C"], max_iter=1000).fit(StandardScaler().fit_transform(x), y)
+    with torch.no_grad():
+        ours = torch.softmax(model.head(model.head_norm(torch.from_numpy(x))), dim=-1)[:, 1].numpy()
+    np.testing.assert_allclose(ours, lr.predict_proba(StandardScaler().fit_transform(x))[:, 1], atol=1e-3)
+    # multi-label: one binary probe per class; a class the training part always shows starts at probability ~1
+    model = FinetuneModel(ViTEncoder(cfg), 3).eval()
+    ym = np.stack([y, 1 - y, np.ones(40, dtype=int)], axis=1)
+    c = probe_head(model, x, ym, split, groups=groups, multi=True, seed=0)["C"]
+    with torch.no_grad():
+        p = torch.sigmoid(model.head(model.head_norm(torch.from_numpy(x)))).numpy()
+    z = StandardScaler().fit_transform(x)
+    for k in (0, 1):
+        want = LogisticRegression(C=c, max_iter=1000).fit(z, ym[:, k]).predict_proba(z)[:, 1]
+        np.testing.assert_allclose(p[:, k], want, atol=1e-3)
+    assert (p[:, 2] > 0.99).all()
+
+
+def test_lp_ft_run_starts_from_the_probe(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "run")
+    ds = load_dataset("folder", tone_folder(tmp_path / "data"))
+    recipe = Recipe(name="lpft", **{**SMOKE, "epochs": 1, "head_init": "probe"})
+    res = run_finetune(ds, ckpt, recipe, tmp_path / "out", device="cpu", progress=False)
+    lines = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    head = [l for l in lines if l.get("event") == "probe_head"]
+    assert len(head) == 1 and head[0]["train_score"] == 1.0  # two tones far apart: the probe separates them
+    fold = res["models"]["finetuned"]["folds"][0]
+    assert fold["probe_head"]["C"] == head[0]["C"]
+    assert res["models"]["finetuned"]["mean"] >= 0.75  # one epoch from the probe already classifies the tones

@@ -62,6 +62,39 @@ def test_load_model_passes_settings(model_dir):
     assert m.layer == 0 and m.pool == "cls" and m.batch_size == 4 and m.encoder.reinit
     with pytest.raises(ValueError, match="layer"):
         hear.load_model(str(model_dir), layer=7)
+    with pytest.raises(ValueError, match="'concat', not 'all'"):
+        hear.load_model(str(model_dir), layer="all")
+    with pytest.raises(ValueError, match="pool must be one of"):
+        hear.load_model(str(model_dir), pool="max")
+
+
+@pytest.mark.parametrize("layer, pool, scene, timestamp", [
+    (-1, "mean", 24, 24), (0, "cls", 24, 24), (-1, "meanstd", 48, 24),
+    ("concat", "mean", 48, 48), ("concat", "meanstd", 96, 48),
+])
+def test_embedding_sizes_follow_the_pooling(model_dir, layer, pool, scene, timestamp):
+    m = hear.load_model(str(model_dir), layer=layer, pool=pool)
+    assert (m.layer, m.pool) == (layer, pool)
+    assert (m.scene_embedding_size, m.timestamp_embedding_size) == (scene, timestamp)
+    assert isinstance(m.scene_embedding_size, int) and isinstance(m.timestamp_embedding_size, int)
+    audio = white_noise(2, 3.0, seed=5)
+    assert hear.get_scene_embeddings(audio, m).shape == (2, scene)
+    emb, ts = hear.get_timestamp_embeddings(audio, m)
+    assert emb.shape == (2, ts.shape[1], timestamp)
+
+
+def test_the_models_default_pooling_is_used(tmp_path, model_dir):
+    from audiopg.model.checkpoint import load_encoder_file
+
+    state, meta = load_encoder_file(model_dir / "encoder.safetensors")
+    save_encoder(tmp_path / "encoder.safetensors", state, {**meta, "embedding": {"layer": "concat", "pool": "meanstd"}})
+    m = hear.load_model(str(tmp_path))
+    assert (m.layer, m.pool, m.scene_embedding_size) == ("concat", "meanstd", 96)
+    audio = white_noise(1, 1.0, seed=6)
+    ref = hear.get_scene_embeddings(audio, hear.load_model(str(model_dir), layer="concat", pool="meanstd"))
+    torch.testing.assert_close(hear.get_scene_embeddings(audio, m), ref)
+    m = hear.load_model(str(tmp_path), layer=-1, pool="mean")  # explicit settings win
+    assert (m.layer, m.pool, m.scene_embedding_size) == (-1, "mean", 24)
 
 
 @pytest.mark.parametrize("seconds", [0.5, 2.56, 10.0])

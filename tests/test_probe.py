@@ -191,6 +191,61 @@ def test_cache_key_changes_with_options_and_files():
     assert k1 != FeatureCache.key(hc, files, 2.0)
 
 
+def test_cache_key_and_width_follow_the_pooling(tmp_path):
+    from audiopg.eval.features import EncoderFeatures
+    from audiopg.model.encoder import Encoder
+
+    enc = Encoder.from_pretrained(tiny_checkpoint(tmp_path), device="cpu")
+    files = [{"path": "a.wav", "size": 10, "mtime_ns": 1}]
+    choices = [(-1, "mean"), (-1, "cls"), (-1, "meanstd"), (0, "mean"), (0, "meanstd"), ("concat", "mean"),
+               ("concat", "meanstd")]
+    feats = [EncoderFeatures("pretrained", enc, layer=layer, pool=pool) for layer, pool in choices]
+    keys = {FeatureCache.key(f, files, None) for f in feats}
+    assert len(keys) == len(choices)
+    default = EncoderFeatures("pretrained", enc)  # None: the checkpoint's default (here the library's)
+    assert (default.layer, default.pool) == (enc.default_layer, enc.default_pool)
+    assert FeatureCache.key(default, files, None) == FeatureCache.key(
+        EncoderFeatures("pretrained", enc, layer=enc.default_layer, pool=enc.default_pool), files, None)
+    assert "64-d" in feats[2].description and "128-d" in feats[6].description
+    clips = [np.random.default_rng(0).standard_normal(4000).astype(np.float32)]
+    assert feats[6](clips).shape == (1, 128)
+    with pytest.raises(ValueError, match="not 'all'"):
+        EncoderFeatures("pretrained", enc, layer="all")
+
+
+def test_run_probe_records_the_pooling_it_used(tmp_path):
+    ckpt = tiny_checkpoint(tmp_path / "run")
+    ds = load_dataset("folder", tone_folder(tmp_path / "data", n=5))
+    res = run_probe(ds, tmp_path / "out", checkpoint=ckpt, baselines=[], cache_dir=tmp_path / "cache",
+                    progress=False, device="cpu", layer="concat", pool="meanstd")
+    assert (res["options"]["layer"], res["options"]["pool"]) == ("concat", "meanstd")
+    (npy,) = (tmp_path / "cache").glob("*.npy")
+    assert np.load(npy).shape == (10, 2 * 2 * 32)
+    res = run_probe(ds, tmp_path / "out2", checkpoint=ckpt, baselines=[], cache_dir=tmp_path / "cache",
+                    progress=False, device="cpu")
+    assert (res["options"]["layer"], res["options"]["pool"]) == (-1, "mean")  # the checkpoint's default
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2
+
+
+def test_probe_cli_pooling_options(tmp_path, capsys):
+    from audiopg.cli import eval as eval_cli
+
+    parser = argparse.ArgumentParser(prog="audiopg")
+    eval_cli.register(parser.add_subparsers(dest="command"))
+    base = ["probe", "--task", "folder", "--data-root", str(tmp_path), "--out", str(tmp_path / "o")]
+    args = parser.parse_args(base)
+    assert args.layer is None and args.pool is None
+    args = parser.parse_args(base + ["--layer", "concat", "--pool", "meanstd"])
+    assert args.layer == "concat" and args.pool == "meanstd"
+    assert parser.parse_args(base + ["--layer", "-1"]).layer == -1
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--layer", "all"])
+    assert "--layer must be an integer" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parser.parse_args(base + ["--pool", "max"])
+    assert "meanstd" in capsys.readouterr().err
+
+
 def test_probe_cli(tmp_path, capsys):
     from audiopg.cli import eval as eval_cli
 

@@ -80,7 +80,7 @@ def real_pitch_check(encoder: Encoder, embeddings: Mapping[str, np.ndarray], set
     ``plot`` holds (true log2 f0, transferred prediction at ``layer``) for the figure."""
     by_name = {s.name: s for s in sets}
     X_real = np.concatenate([
-        encoder.embed([c.audio for c in clips[i:i + 128]], clips[0].sample_rate, layer="all",
+        encoder.embed([c.audio for c in clips[i:i + 128]], clips[0].sample_rate, layer="all", pool="mean",
                       batch_size=batch_size).scene.float().cpu().numpy()
         for i in range(0, len(clips), 128)])
     y_real = np.log2([c.f0 for c in clips])

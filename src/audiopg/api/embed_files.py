@@ -69,20 +69,26 @@ class EmbeddedFiles:
     matrix: np.ndarray | None  # float32 (N, D), row i for rows[i]; None when no file could be read
     rows: list[tuple[str, float]] = field(default_factory=list)  # (path, duration in seconds)
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, message) of the files skipped
+    layer: int | str = -1  # the pooling used (the encoder's default when the call named none)
+    pool: str = "mean"
 
 
-def embed_files(files: list[Path], encoder: Encoder, *, layer: int = -1, pool: str = "mean", batch_size: int = 32,
-                skip_bad: bool = False, on_file: Callable[[str | None], None] = lambda message: None) -> EmbeddedFiles:
+def embed_files(files: list[Path], encoder: Encoder, *, layer: int | str | None = None, pool: str | None = None,
+                batch_size: int = 32, skip_bad: bool = False,
+                on_file: Callable[[str | None], None] = lambda message: None) -> EmbeddedFiles:
     """Embed ``files`` ``batch_size`` at a time; a bad file raises AudioFileError naming it, or with ``skip_bad``
-    is listed in ``errors``.  ``on_file(message)`` is called once per file (message: why it was skipped)."""
+    is listed in ``errors``.  ``on_file(message)`` is called once per file (message: why it was skipped).
+    ``layer``/``pool`` None: the encoder's default; one vector per file, so not ``layer="all"``."""
     if batch_size < 1:
         raise AudioPGError(f"--batch-size must be >= 1, got {batch_size}")
     try:
-        encoder.check_layer_pool(layer, pool)
+        layer, pool = encoder.resolve_layer_pool(layer, pool)
     except ValueError as err:
         raise AudioPGError(f"--layer/--pool: {err}") from None
+    if layer == "all":
+        raise AudioPGError("--layer: 'all' gives several vectors per file; use 'concat' for one")
     sr = encoder.sample_rate
-    result = EmbeddedFiles(None)
+    result = EmbeddedFiles(None, layer=layer, pool=pool)
     chunks: list[np.ndarray] = []
     batch: list[tuple[str, np.ndarray]] = []
 

@@ -19,20 +19,20 @@ __all__ = ["HearModel", "load_model", "get_scene_embeddings", "get_timestamp_emb
 class HearModel(nn.Module):
     """An :class:`~audiopg.Encoder` with the attributes and settings the HEAR API needs."""
 
-    def __init__(self, encoder: Encoder, *, layer: int = -1, pool: str = "mean", batch_size: int = 32,
-                 timestamp_hop_ms: float = 50.0):
+    def __init__(self, encoder: Encoder, *, layer: int | str | None = None, pool: str | None = None,
+                 batch_size: int = 32, timestamp_hop_ms: float = 50.0):
         super().__init__()
-        encoder.check_layer_pool(layer, pool)
+        layer, pool = encoder.resolve_layer_pool(layer, pool)  # None: the encoder's default
         if layer == "all":
-            raise ValueError("the HEAR API needs a single layer (an int), not 'all'")
+            raise ValueError("the HEAR API needs one vector per clip: a single layer (an int) or 'concat', not 'all'")
         self.encoder = encoder
         self.layer = layer
         self.pool = pool
         self.batch_size = int(batch_size)
         self.timestamp_hop_ms = float(timestamp_hop_ms)
         self.sample_rate = int(encoder.sample_rate)
-        self.scene_embedding_size = int(encoder.embedding_size)
-        self.timestamp_embedding_size = int(encoder.embedding_size)
+        self.scene_embedding_size = encoder.embedding_size_for(layer, pool)
+        self.timestamp_embedding_size = encoder.embedding_size_for(layer, "mean")  # column means of the layer(s)
 
     def extra_repr(self) -> str:
         return f"layer={self.layer}, pool={self.pool!r}, sample_rate={self.sample_rate}"
@@ -42,7 +42,8 @@ def load_model(model_file_path: str | os.PathLike = "", **kwargs: Any) -> HearMo
     """Load an AudioPG encoder for HEAR: ``model_file_path`` is a run folder, a model folder or ``encoder.safetensors``.
 
     Keyword arguments: ``device`` (default "cpu"; "auto" picks CUDA when
-    available), ``layer`` (-1), ``pool`` ("mean"), ``batch_size`` (32 windows),
+    available), ``layer`` and ``pool`` (default: the model's, see
+    ``Encoder.default_layer``/``default_pool``), ``batch_size`` (32 windows),
     ``timestamp_hop_ms`` (50), and anything :meth:`Encoder.from_pretrained`
     takes (``reinit``, ``seed``, ``hop_seconds``, ``pad_noise_level``).
     """

@@ -16,14 +16,13 @@ from audiopg.core.device import set_torch_threads
 from audiopg.core.errors import ConfigError
 from audiopg.experiments.ablate import (
     FAMILY_OVERRIDES,
-    PROBE_TASKS,
-    AblationInterrupted,
     default_variants,
     format_table,
     parse_families,
     parse_variant,
     run_ablation,
 )
+from audiopg.experiments.transfer import PROBE_TASKS, RunInterrupted
 
 DESCRIPTION = """\
 Pre-train one model per world variant and seed with the same budget, probe every
@@ -98,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
             device=args.device, probe_batch_size=args.probe_batch_size, cache_dir=cache_dir,
             progress=not args.no_progress, log=log,
         )
-    except AblationInterrupted as err:
+    except RunInterrupted as err:
         log(f"audiopg ablate: {err}")
         return 128 + int(err.signal) if err.signal is not None else 130
     print("\n".join(format_table(summary)))

@@ -5,6 +5,8 @@ import argparse
 import sys
 from typing import Callable
 
+from audiopg.model.encoder import parse_layer
+
 
 def stderr_log(quiet: bool = False) -> Callable[[str], None]:
     """A progress logger to stderr (silent with ``quiet``)."""
@@ -26,3 +28,11 @@ def threads_arg(text: str) -> str | int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"--threads must be 'auto' or a positive integer, got {text!r}")
     return n
+
+
+def layer_arg(text: str) -> int | str:
+    """``--layer``: a block index, -1 (the final output) or "concat"."""
+    try:
+        return parse_layer(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--{err}") from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from audiopg.cli.common import stderr_log, threads_arg
+from audiopg.cli.common import layer_arg, stderr_log, threads_arg
 from audiopg.core.device import set_torch_threads
 from audiopg.core.errors import AudioPGError
 from audiopg.eval.datasets import DATASETS, load_dataset
@@ -12,15 +12,9 @@ from audiopg.eval.download import DOWNLOADS, download_dataset
 from audiopg.eval.finetune import list_recipes, load_recipe, run_finetune
 from audiopg.eval.probe import parse_baselines, run_probe
 from audiopg.eval.report import format_score
+from audiopg.model.encoder import DEFAULT_LAYER, DEFAULT_POOL, POOLS
 
 __all__ = ["register"]
-
-
-def _layer(text: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--layer must be an integer (-1 = final output), got {text!r}") from None
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
@@ -124,9 +118,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated: random (same architecture, random init), handcrafted (log-mel stats); "
                         "'none' for no baseline (default: random,handcrafted)")
     p.add_argument("--no-pretrained", action="store_true", help="run the baselines only")
-    p.add_argument("--layer", type=_layer, default=-1, help="encoder layer: -1 = final output (default), "
-                                                            "i = after block i")
-    p.add_argument("--pool", choices=("mean", "cls"), default="mean", help="mean-pooled patch tokens or CLS")
+    p.add_argument("--layer", type=layer_arg, default=None,
+                   help="encoder layer: -1 = final output, i = after block i, concat = every block's pooled vector "
+                        f"concatenated (default: the checkpoint's, else {DEFAULT_LAYER})")
+    p.add_argument("--pool", choices=POOLS, default=None,
+                   help="mean of the patch tokens, the CLS token, or meanstd = their mean and standard deviation "
+                        f"over time (default: the checkpoint's, else {DEFAULT_POOL})")
     p.add_argument("--target-column", default=None, help="manifest only: column holding the target (default label)")
     p.add_argument("--target-type", choices=("auto", "class", "continuous"), default="auto",
                    help="manifest only: classes or a continuous target (ridge regression); auto-detected by default")

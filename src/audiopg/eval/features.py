@@ -68,11 +68,11 @@ def handcrafted_features(clips: Sequence[np.ndarray], sample_rate: int = 16000) 
 class EncoderFeatures:
     """Scene embeddings of an :class:`audiopg.Encoder` (pretrained, or ``reinit`` = random init)."""
 
-    def __init__(self, name: str, encoder: Encoder, *, layer: int = -1, pool: str = "mean", batch_size: int = 32,
-                 checkpoint_sha256: str = "", seed: int = 0):
-        encoder.check_layer_pool(layer, pool)
+    def __init__(self, name: str, encoder: Encoder, *, layer: int | str | None = None, pool: str | None = None,
+                 batch_size: int = 32, checkpoint_sha256: str = "", seed: int = 0):
+        layer, pool = encoder.resolve_layer_pool(layer, pool)  # None: the encoder's default
         if layer == "all":
-            raise ValueError("the probe needs a single layer, not 'all'")
+            raise ValueError("the probe needs one vector per clip: a single layer or 'concat', not 'all'")
         self.name = name
         self.encoder = encoder
         self.layer = layer
@@ -82,7 +82,7 @@ class EncoderFeatures:
         self.checkpoint_sha256 = checkpoint_sha256
         self.seed = int(seed)
         kind = f"random init (same architecture, seed {seed})" if encoder.reinit else "pretrained"
-        self.description = f"{kind} encoder, layer {layer}, {pool}-pooled, {encoder.embedding_size}-d"
+        self.description = f"{kind} encoder, layer {layer}, {pool}-pooled, {encoder.embedding_size_for(layer, pool)}-d"
 
     def key(self) -> dict:
         return {"kind": "encoder", "checkpoint_sha256": self.checkpoint_sha256, "reinit": bool(self.encoder.reinit),

@@ -2,8 +2,9 @@
 
 The checkpoint's ViT plus a linear head on the mean of its final patch tokens, trained with AdamW, layer-wise
 lr decay, the shared warm-up + cosine schedule, mixup, SpecAugment and structured patch masking, one run per
-split of the dataset's protocol.  Recipes are YAML files in ``recipes/``; the method, the recipes and the
-outputs are described in docs/evaluation.md ("Fine-tuning").
+split of the dataset's protocol; the head may start as a linear probe of the frozen encoder (LP-FT).  The
+log-mel features of every clip are computed once per run.  Recipes are YAML files in ``recipes/``; the method,
+the recipes and the outputs are described in docs/evaluation.md ("Fine-tuning").
 """
 from __future__ import annotations
 
@@ -35,12 +36,13 @@ from audiopg.core.config import (
 )
 from audiopg.core.device import resolve_device
 from audiopg.core.errors import AudioFileError, AudioPGError, ConfigError
-from audiopg.core.io import atomic_write_text, make_readable
+from audiopg.core.io import atomic_write_text, file_sha256, make_readable
 from audiopg.core.schedule import lr_at
 from audiopg.eval.datasets.base import MULTI, REGRESSION, SINGLE, Dataset, Split
 from audiopg.eval.metrics import FoldResult, ModelResult, task_score
+from audiopg.eval.probe import MAX_ITER, fit_probe
 from audiopg.eval.report import write_report
-from audiopg.model.checkpoint import save_encoder
+from audiopg.model.checkpoint import resolve_encoder_path, save_encoder
 from audiopg.model.encoder import Encoder
 from audiopg.model.vit import ViTEncoder
 
@@ -50,12 +52,18 @@ __all__ = [
     "list_recipes",
     "load_recipe",
     "FinetuneModel",
+    "ClipFeatures",
+    "probe_head",
     "spec_augment",
     "patch_keep_ids",
     "run_finetune",
 ]
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+HEAD_INITS = ("random", "probe")
+#: logit given to a class the training part never shows (or, multi-label, always shows) when the head starts
+#: as a probe: the probe has no weights for it, and its probability should start near 0 (or 1)
+ABSENT_LOGIT = 10.0
 
 
 # ----------------------------------------------------------------------------- recipe
@@ -63,25 +71,28 @@ RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 class Recipe:
     """Fine-tuning settings; validated on construction (ConfigError names the key)."""
 
-    name: str = "custom"
+    name: str = "custom"  # the recipe's name (a bundled recipe's file stem)
     task: str | None = None  # the task the recipe was written for (informational; a mismatch only warns)
-    description: str = ""
+    description: str = ""  # one line for reports
     source: str = ""  # where the numbers come from
-    scale: str = "base"  # "base" (GPU) or "tiny" (CPU)
-    epochs: int = 10
+    scale: str = "base"  # "base" (GPU), "small" or "tiny" (CPU)
+    epochs: int = 10  # passes over the training part of each split
     max_steps: int | None = None  # stop a split after this many optimizer steps (smoke tests)
-    batch_size: int = 32
+    batch_size: int = 32  # clips per optimizer step
     lr: float | None = None  # absolute peak lr; None: blr * batch_size / 256
-    blr: float = 1e-3
-    min_lr: float = 1e-6
-    warmup_epochs: float = 1.0
-    weight_decay: float = 0.05
-    layer_decay: float = 0.75
-    betas: tuple[float, float] = (0.9, 0.999)
-    grad_clip: float | None = None
-    drop_path: float = 0.1
-    mixup: float = 0.0  # Beta(mixup, mixup); 0 disables
-    mixup_prob: float = 1.0
+    blr: float = 1e-3  # base lr of the MAE convention (used when lr is None)
+    min_lr: float = 1e-6  # lr at the last step (end of the half-cycle cosine)
+    warmup_epochs: float = 1.0  # linear warm-up length, in epochs
+    weight_decay: float = 0.05  # AdamW decoupled weight decay (not on biases, norms, the CLS token)
+    layer_decay: float = 0.75  # layer-wise lr decay: block i gets lr * layer_decay ** (depth + 1 - layer_id)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW betas
+    grad_clip: float | None = None  # clip the global gradient norm to this; None: no clipping
+    drop_path: float = 0.1  # stochastic depth rate of the encoder during fine-tuning
+    head_init: str = "random"  # "random": MAE's head init (trunc-normal, std 2e-5); "probe": LP-FT, the head and its
+    #                            normalization start as a logistic-regression probe of the frozen encoder (C chosen
+    #                            on the training part as the linear probe chooses it)
+    mixup: float = 0.0  # mixup of the normalized log-mel crops, lambda ~ Beta(mixup, mixup); 0 disables
+    mixup_prob: float = 1.0  # probability that a batch is mixed
     label_smoothing: float = 0.1  # single-label (cross-entropy) only
     specaug_time: int = 0  # max width in frames of each time mask; 0 disables
     specaug_freq: int = 0  # max width in mel bins of each frequency mask; 0 disables
@@ -93,10 +104,11 @@ class Recipe:
     eval_every: int = 1  # epochs between validation passes (splits with a validation part)
     loss: str = "auto"  # auto | ce | bce
     amp: bool = True  # bfloat16 autocast on CUDA (ignored on CPU)
-    num_workers: int = 0
-    cache_audio_gb: float = 2.0  # keep decoded clips in memory when they fit in this budget
+    num_workers: int = 0  # DataLoader worker processes
+    cache_audio_gb: float = 2.0  # memory for clips kept as log-mel features (computed once); the rest are read
+    #                              from disk and transformed each time they are used
     folds: int | None = None  # run only the first N splits of the protocol
-    seed: int = 0
+    seed: int = 0  # seeds the head init, the crops, the augmentations, the batches and a random-init encoder
 
     def __post_init__(self) -> None:
         for key, low in (("epochs", 1), ("batch_size", 1), ("specaug_masks", 0), ("num_workers", 0), ("eval_every", 1)):
@@ -125,6 +137,8 @@ class Recipe:
         if self.grad_clip is not None:
             check_range("grad_clip", self.grad_clip, 0.0)
         check_range("drop_path", self.drop_path, 0.0, 0.99)
+        if self.head_init not in HEAD_INITS:
+            raise ConfigError("head_init", f"must be {' or '.join(HEAD_INITS)}, got {self.head_init!r}")
         check_range("mixup", self.mixup, 0.0)
         for key in ("mixup_prob", "label_smoothing", "mask_t_prob", "mask_f_prob"):
             check_range(key, getattr(self, key), 0.0, 1.0)
@@ -191,9 +205,13 @@ class FinetuneModel(nn.Module):
         nn.init.trunc_normal_(self.head.weight, std=2e-5)  # MAE's fine-tuning head init
         nn.init.zeros_(self.head.bias)
 
-    def forward(self, spec: torch.Tensor, keep_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def pooled(self, spec: torch.Tensor, keep_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, D): the mean of the final patch tokens, what the head reads (before its normalization)."""
         tokens = self.encoder.forward_features(spec, mask_ids_keep=keep_ids)
-        return self.head(self.head_norm(tokens[:, 1:].mean(dim=1).float()))
+        return tokens[:, 1:].mean(dim=1).float()
+
+    def forward(self, spec: torch.Tensor, keep_ids: torch.Tensor | None = None) -> torch.Tensor:
+        return self.head(self.head_norm(self.pooled(spec, keep_ids)))
 
     def param_groups(self, weight_decay: float, layer_decay: float) -> list[dict]:
         groups = self.encoder.param_groups(weight_decay, layer_decay)
@@ -204,6 +222,56 @@ class FinetuneModel(nn.Module):
         groups.append({"params": [self.head.bias], "param_names": ["head.bias"], "weight_decay": 0.0,
                        "lr_scale": 1.0, "layer_id": self.encoder.depth + 1})
         return groups
+
+
+def probe_head(model: FinetuneModel, feats: np.ndarray, y: np.ndarray, split: Split, *, groups: np.ndarray,
+               multi: bool, seed: int) -> dict:
+    """LP-FT: make the head a linear probe of the frozen encoder; returns {"C", "train_score"}.
+
+    ``feats``: pooled features (:meth:`FinetuneModel.pooled`, eval mode), one row per evaluation window of the
+    clips in ``split.train`` (and ``split.val``), which index its rows; ``y`` the windows' targets (class
+    indices, or indicator rows when ``multi``: one binary probe per class, as the BCE head reads them).  C is
+    chosen by :func:`~audiopg.eval.probe.fit_probe` (validation rows, or an inner CV grouped by ``groups``);
+    ``train_score`` is that probe's score on the training rows.  Then the head's normalization takes the
+    training rows' mean and variance, and the head the weights of a logistic regression with that C fitted on
+    the rows so normalized: before any fine-tuning step the model in eval mode predicts what the probe does.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    choice = fit_probe(feats, y, split, MULTI if multi else SINGLE, groups=groups, seed=seed, keep_predictions=False)
+    tr = np.asarray(split.train)
+    x = feats[tr].astype(np.float64)
+    mean, var = x.mean(axis=0), x.var(axis=0)
+    z = (x - mean) / np.sqrt(var + model.head_norm.eps)
+    k = model.head.out_features
+    weight, bias = np.zeros((k, z.shape[1])), np.zeros(k)
+
+    def fit(target: np.ndarray) -> Any:
+        return LogisticRegression(C=choice.param, solver="lbfgs", max_iter=MAX_ITER, random_state=seed).fit(z, target)
+
+    if multi:  # one binary probe per class
+        for c in range(k):
+            col = y[tr, c]
+            if col.min() == col.max():
+                bias[c] = ABSENT_LOGIT if col.min() > 0 else -ABSENT_LOGIT
+                continue
+            lr = fit(col)
+            weight[c], bias[c] = lr.coef_[0], lr.intercept_[0]
+    else:
+        lr = fit(y[tr])
+        classes = lr.classes_.astype(int)
+        if len(classes) == 2:  # binary: one logit w.x + b, split evenly between the two softmax outputs
+            coef, icpt = np.stack([-lr.coef_[0], lr.coef_[0]]) / 2, np.array([-lr.intercept_[0], lr.intercept_[0]]) / 2
+        else:
+            coef, icpt = lr.coef_, lr.intercept_
+        bias[:] = icpt.min() - ABSENT_LOGIT
+        weight[classes], bias[classes] = coef, icpt
+    with torch.no_grad():
+        model.head_norm.running_mean.copy_(torch.from_numpy(mean))
+        model.head_norm.running_var.copy_(torch.from_numpy(var))
+        model.head.weight.copy_(torch.from_numpy(weight))
+        model.head.bias.copy_(torch.from_numpy(bias))
+    return {"C": float(choice.param), "train_score": float(choice.score)}
 
 
 def spec_augment(spec: torch.Tensor, max_time: int, max_freq: int, masks: int,
@@ -243,55 +311,94 @@ def patch_keep_ids(b: int, grid_t: int, grid_f: int, t_prob: float, f_prob: floa
 
 
 # ----------------------------------------------------------------------------- data
-class _Frontend:
-    """The checkpoint's preprocessing, batched on the device: log-mel + feature statistics."""
+class ClipFeatures:
+    """The normalized log-mel of every clip, as the checkpoint preprocesses audio, computed once per run.
 
-    def __init__(self, encoder: Encoder, device: torch.device):
-        self.cfg = encoder.fbank_config
+    A clip is peak-normalized when the checkpoint's world was, padded with the noise floor to at least
+    ``min_samples`` (one window), turned into Kaldi log-mel on the CPU and normalized with the checkpoint's
+    statistics.  ``cache`` holds the clips kept in memory; ``clips[i]`` of any other clip reads and transforms
+    it again.  Crops and windows are cut from these whole-clip features (frame-aligned, so a window equals the
+    log-mel of the same stretch of waveform).
+    """
+
+    def __init__(self, encoder: Encoder, paths: Sequence[Path], min_samples: int):
+        self.fbank = Fbank(encoder.fbank_config)
         self.stats = encoder.fbank_stats
-        self.fbank = Fbank(self.cfg).to(device)
-        self.peak_normalize = encoder.peak_normalize
+        self.sample_rate = encoder.sample_rate
+        self.peak = encoder.peak_normalize
         self.noise = encoder.pad_noise_level
+        self.paths = list(paths)
+        self.min_samples = min_samples
+        self.cache: dict[int, torch.Tensor] = {}
 
-    def samples_for(self, frames: int) -> int:
-        return (frames - 1) * self.cfg.window_shift + self.cfg.window_length
+    def transform(self, wave: np.ndarray) -> torch.Tensor:
+        """(frames, mel bins) normalized log-mel of one decoded clip."""
+        if self.peak:
+            m = float(np.max(np.abs(wave))) if wave.size else 0.0
+            if m > 0:
+                wave = wave / m
+        if wave.shape[0] < self.min_samples:
+            wave = fit_length(wave, self.min_samples, noise_level=self.noise)
+        with torch.no_grad():
+            return self.stats.normalize(self.fbank(torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))))
 
-    def __call__(self, waves: torch.Tensor) -> torch.Tensor:
-        return self.stats.normalize(self.fbank(waves))
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        spec = self.cache.get(i)
+        return spec if spec is not None else self.transform(load_audio(self.paths[i], self.sample_rate))
 
 
-class _Clips(torch.utils.data.Dataset):
-    """Training clips: peak-normalized whole clip (as the encoder does), random crop / noise-floor pad."""
+def _read_features(dataset: Dataset, encoder: Encoder, min_samples: int, skip_bad: bool, budget_gb: float,
+                   log: Callable[[str], None], progress: bool) -> tuple[ClipFeatures, dict[int, str]]:
+    """Read and transform every clip once: bad files raise (or are collected with skip_bad); features are kept
+    in memory while they fit in ``budget_gb``.  The returned features are indexed like ``dataset`` without the
+    bad files."""
+    feats = ClipFeatures(encoder, [], min_samples)
+    specs: dict[int, torch.Tensor] = {}
+    bad: dict[int, str] = {}
+    used = 0.0
+    for i, it in enumerate(tqdm(dataset.items, desc="log-mel features", unit="clip",
+                                disable=None if progress else True, leave=False)):
+        try:
+            wave = load_audio(it.path, encoder.sample_rate)
+        except AudioFileError as err:
+            if not skip_bad:
+                raise AudioFileError(f"{err} (use --skip-bad to skip unreadable files)") from None
+            bad[i] = str(err)
+            continue
+        spec = feats.transform(wave)
+        size = spec.numel() * spec.element_size() / 1e9
+        if used + size <= budget_gb:
+            specs[i] = spec
+            used += size
+    kept = [i for i in range(len(dataset.items)) if i not in bad]
+    feats.paths = [dataset.items[i].path for i in kept]
+    feats.cache = {k: specs[i] for k, i in enumerate(kept) if i in specs}
+    if len(feats.cache) < len(kept):
+        log(f"feature cache: {len(feats.cache)} of {len(kept)} clips in memory ({used:.2f} GB); the rest are read "
+            "and transformed every time they are used")
+    return feats, bad
 
-    def __init__(self, paths: list[Path], targets: np.ndarray, sample_rate: int, samples: int, peak: bool,
-                 noise: float, cache: dict[int, np.ndarray], index: np.ndarray, seed: int):
-        self.paths, self.targets, self.sr, self.samples = paths, targets, sample_rate, samples
-        self.peak, self.noise, self.cache, self.index, self.seed = peak, noise, cache, index, seed
+
+class _Crops(torch.utils.data.Dataset):
+    """Training examples: a random crop of ``frames`` frames of a clip's features, drawn from (seed, epoch, clip)."""
+
+    def __init__(self, feats: ClipFeatures, targets: np.ndarray, index: np.ndarray, frames: int, seed: int):
+        self.feats, self.targets, self.index, self.frames, self.seed = feats, targets, index, frames, seed
         self.epoch = 0
 
     def __len__(self) -> int:
         return len(self.index)
 
-    def wave(self, i: int) -> np.ndarray:
-        w = self.cache.get(i)
-        if w is None:
-            w = load_audio(self.paths[i], self.sr)
-        if self.peak:
-            m = float(np.max(np.abs(w)))
-            if m > 0:
-                w = w / m
-        return w.astype(np.float32, copy=False)
-
     def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         i = int(self.index[k])
-        w = self.wave(i)
-        rng = np.random.default_rng((self.seed, self.epoch, i))
-        if w.shape[0] > self.samples:
-            start = int(rng.integers(0, w.shape[0] - self.samples + 1))
-            w = w[start:start + self.samples]
-        elif w.shape[0] < self.samples:
-            w = fit_length(w, self.samples, noise_level=self.noise)
-        return torch.from_numpy(np.ascontiguousarray(w)), torch.as_tensor(self.targets[i])
+        spec = self.feats[i]
+        if spec.shape[0] > self.frames:
+            start = int(np.random.default_rng((self.seed, self.epoch, i)).integers(0, spec.shape[0] - self.frames + 1))
+            spec = spec[start:start + self.frames]
+        return spec, torch.as_tensor(self.targets[i])
 
 
 def _windows(n: int, win: int, hop: int) -> list[int]:
@@ -303,71 +410,48 @@ def _windows(n: int, win: int, hop: int) -> list[int]:
     return starts
 
 
-# ----------------------------------------------------------------------------- the run
-def _prescan(dataset: Dataset, sr: int, skip_bad: bool, budget_gb: float, log: Callable[[str], None],
-             progress: bool) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """Read every clip once: bad files raise (or are collected with skip_bad); clips are kept while they fit."""
-    cache: dict[int, np.ndarray] = {}
-    bad: dict[int, str] = {}
-    used = 0.0
-    for i, it in enumerate(tqdm(dataset.items, desc="reading audio", unit="clip", disable=None if progress else True,
-                                leave=False)):
-        try:
-            w = load_audio(it.path, sr)
-        except AudioFileError as err:
-            if not skip_bad:
-                raise AudioFileError(f"{err} (use --skip-bad to skip unreadable files)") from None
-            bad[i] = str(err)
-            continue
-        if used + w.nbytes / 1e9 <= budget_gb:
-            cache[i] = w
-            used += w.nbytes / 1e9
-    if len(cache) < len(dataset.items) - len(bad):
-        log(f"audio cache: {len(cache)} of {len(dataset.items) - len(bad)} clips in memory ({used:.2f} GB); "
-            "the rest are read from disk every epoch")
-    return cache, bad
-
-
-def _evaluate(model: FinetuneModel, frontend: _Frontend, clips: _Clips, index: np.ndarray, frames: int,
-              hop_frames: int, multi: bool, device: torch.device, amp: bool, batch: int) -> np.ndarray:
-    """What :func:`task_score` scores, per clip: the mean of its windows' probabilities, (len(index), C), for a
-    multi-label task; the class with the highest mean probability, (len(index),), for a single-label one."""
-    model.eval()
-    win = frontend.samples_for(frames)
-    shift = frontend.cfg.window_shift
-    pending: list[torch.Tensor] = []
+def _over_windows(fn: Callable[[torch.Tensor], torch.Tensor], feats: ClipFeatures, index: np.ndarray, frames: int,
+                  hop: int, device: torch.device, amp: bool, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """``fn`` applied to every evaluation window of the clips in ``index`` (``frames`` long, every ``hop`` frames
+    plus one aligned with the end), in batches: (outputs, one row per window; owners, the position in ``index``
+    of each window's clip)."""
+    outs: list[np.ndarray] = []
     owners: list[int] = []
-    sums = np.zeros((len(index), model.head.out_features))
-    counts = np.zeros(len(index))
+    pending: list[torch.Tensor] = []
 
     def flush() -> None:
-        if not pending:
-            return
-        x = torch.stack(pending).to(device)
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(frontend(x)).float()
-        p = torch.sigmoid(logits) if multi else torch.softmax(logits, dim=-1)
-        p = p.cpu().numpy()
-        for row, k in enumerate(owners):
-            sums[k] += p[row]
-            counts[k] += 1
-        pending.clear()
-        owners.clear()
+        if pending:
+            x = torch.stack(pending).to(device)
+            with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                outs.append(fn(x).float().cpu().numpy())
+            pending.clear()
 
     for k, i in enumerate(index):
-        w = clips.wave(int(i))
-        if w.shape[0] < win:
-            w = fit_length(w, win, noise_level=clips.noise)
-        for s in _windows(w.shape[0], win, hop_frames * shift):
-            pending.append(torch.from_numpy(np.ascontiguousarray(w[s:s + win])))
+        spec = feats[int(i)]
+        for s in _windows(spec.shape[0], frames, hop):
+            pending.append(spec[s:s + frames])
             owners.append(k)
             if len(pending) >= batch:
                 flush()
     flush()
-    probs = sums / counts[:, None]
+    return np.concatenate(outs), np.asarray(owners)
+
+
+def _evaluate(model: FinetuneModel, feats: ClipFeatures, index: np.ndarray, frames: int, hop_frames: int,
+              multi: bool, device: torch.device, amp: bool, batch: int) -> np.ndarray:
+    """What :func:`task_score` scores, per clip: the mean of its windows' probabilities, (len(index), C), for a
+    multi-label task; the class with the highest mean probability, (len(index),), for a single-label one."""
+    model.eval()
+    logits, owners = _over_windows(model, feats, index, frames, hop_frames, device, amp, batch)
+    t = torch.from_numpy(logits)
+    p = (torch.sigmoid(t) if multi else torch.softmax(t, dim=-1)).numpy().astype(np.float64)
+    sums = np.zeros((len(index), p.shape[1]))
+    np.add.at(sums, owners, p)
+    probs = sums / np.bincount(owners, minlength=len(index))[:, None]
     return probs if multi else probs.argmax(axis=1)
 
 
+# ----------------------------------------------------------------------------- the run
 def _save_model(path: Path, model: FinetuneModel, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -387,15 +471,12 @@ class _Context:
     """What every variant and split of one run shares."""
 
     dataset: Dataset
-    enc: Encoder
     recipe: Recipe
-    frontend: _Frontend
+    feats: ClipFeatures
     device: torch.device
     amp: bool
     frames: int
     hop_frames: int
-    samples: int
-    cache: dict
     multi: bool
     use_bce: bool
     out: Path
@@ -403,6 +484,23 @@ class _Context:
     progress: bool
     log: Callable[[str], None]
     t0: float
+
+
+def _init_head_from_probe(ctx: _Context, model: FinetuneModel, sp: Split, y: np.ndarray) -> dict:
+    """:func:`probe_head` on the evaluation windows of the split's training (and validation) clips."""
+    ds = ctx.dataset
+    clips = np.concatenate([np.asarray(sp.train)] + ([] if sp.val is None else [np.asarray(sp.val)]))
+    model.eval()
+    x, owners = _over_windows(model.pooled, ctx.feats, clips, ctx.frames, ctx.hop_frames, ctx.device, ctx.amp,
+                              ctx.recipe.batch_size)
+    clip_of = clips[owners]
+    rows = np.arange(len(owners))
+    in_train = owners < len(sp.train)
+    # windows of one clip stay together in the inner CV; so do a group's clips when the protocol groups
+    grouped = ds.protocol.inner_grouped
+    groups = np.array([ds.items[i].group if grouped and ds.items[i].group is not None else f"#{i}" for i in clip_of])
+    split = Split(sp.name, rows[in_train], rows[in_train], None if sp.val is None else rows[~in_train])
+    return probe_head(model, x, y[clip_of], split, groups=groups, multi=ctx.use_bce, seed=ctx.recipe.seed)
 
 
 def _train_split(ctx: _Context, enc: Encoder, sp: Split, tag: str, reinit: bool) -> FoldResult:
@@ -419,15 +517,21 @@ def _train_split(ctx: _Context, enc: Encoder, sp: Split, tag: str, reinit: bool)
     vit = ViTEncoder(dataclasses.replace(enc.config, drop_path=recipe.drop_path))
     vit.load_state_dict(enc.model.state_dict())
     model = FinetuneModel(vit, ds.num_classes).to(dev)
+    extra: dict[str, Any] = {}
+    if recipe.head_init == "probe":
+        extra["probe_head"] = _init_head_from_probe(ctx, model, sp, y_train)
+        ctx.log(f"{tag} {sp.name}: head starts as a linear probe (C {extra['probe_head']['C']:g}, training "
+                f"{ds.metric} {extra['probe_head']['train_score']:.4f})")
+        if ctx.write:
+            _append_jsonl(metrics_path, {"split": sp.name, "model": tag, "event": "probe_head", **extra["probe_head"]})
     groups = model.param_groups(recipe.weight_decay, recipe.layer_decay)
     for g in groups:
         g.pop("param_names", None)
     peak = recipe.peak_lr()
     opt = torch.optim.AdamW(groups, lr=peak, betas=tuple(recipe.betas))
-    clips = _Clips([it.path for it in ds.items], y_train, enc.sample_rate, ctx.samples, enc.peak_normalize,
-                   enc.pad_noise_level, ctx.cache, np.asarray(sp.train), recipe.seed)
+    crops = _Crops(ctx.feats, y_train, np.asarray(sp.train), ctx.frames, recipe.seed)
     loader = torch.utils.data.DataLoader(
-        clips, batch_size=recipe.batch_size, shuffle=True, drop_last=len(clips) > recipe.batch_size,
+        crops, batch_size=recipe.batch_size, shuffle=True, drop_last=len(crops) > recipe.batch_size,
         num_workers=recipe.num_workers, generator=torch.Generator().manual_seed(recipe.seed),
         pin_memory=dev.type == "cuda")
     steps_per_epoch = max(1, len(loader))
@@ -442,19 +546,19 @@ def _train_split(ctx: _Context, enc: Encoder, sp: Split, tag: str, reinit: bool)
     ctx.log(f"{tag} {sp.name}: {len(sp.train)} train / {0 if sp.val is None else len(sp.val)} val / {len(sp.test)} "
             f"test clips, {total} steps, peak lr {peak:.3g}, device {dev}")
     while step < total:
-        clips.epoch = epoch
+        crops.epoch = epoch
         model.train()
         losses: list[float] = []
         bar = tqdm(loader, desc=f"{tag} {sp.name} epoch {epoch + 1}/{recipe.epochs}", leave=False,
                    disable=None if ctx.progress else True)
-        for waves, target in bar:
+        for spec, target in bar:
             if step >= total:
                 break
             lr = lr_at(step, peak, recipe.min_lr, warmup, total)
             for g in opt.param_groups:
                 g["lr"] = lr * g.get("lr_scale", 1.0)
-            waves = waves.to(dev, non_blocking=True)
-            b = waves.shape[0]
+            spec = spec.to(dev, non_blocking=True)
+            b = spec.shape[0]
             if ctx.use_bce:
                 tgt = target.to(dev).float()
             else:
@@ -463,10 +567,8 @@ def _train_split(ctx: _Context, enc: Encoder, sp: Split, tag: str, reinit: bool)
             if recipe.mixup > 0 and b > 1 and float(torch.rand(1, generator=gen)) < recipe.mixup_prob:
                 lam = float(np.random.default_rng((recipe.seed, step)).beta(recipe.mixup, recipe.mixup))
                 perm = torch.randperm(b, generator=gen).to(dev)
-                waves = lam * waves + (1 - lam) * waves[perm]
+                spec = lam * spec + (1 - lam) * spec[perm]
                 tgt = lam * tgt + (1 - lam) * tgt[perm]
-            with torch.no_grad():
-                spec = ctx.frontend(waves)
             spec = spec_augment(spec, recipe.specaug_time, recipe.specaug_freq, recipe.specaug_masks, gen)
             keep = patch_keep_ids(b, grid_t, grid_f, recipe.mask_t_prob, recipe.mask_f_prob, gen)
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
@@ -495,8 +597,8 @@ def _train_split(ctx: _Context, enc: Encoder, sp: Split, tag: str, reinit: bool)
                                   "train_loss": float(np.mean(losses)) if losses else None,
                                   "time_s": round(time.time() - ctx.t0, 2)}
         if sp.val is not None and (epoch % recipe.eval_every == 0 or step >= total):
-            output = _evaluate(model, ctx.frontend, clips, np.asarray(sp.val), ctx.frames, ctx.hop_frames, ctx.multi,
-                               dev, amp, recipe.batch_size)
+            output = _evaluate(model, ctx.feats, np.asarray(sp.val), ctx.frames, ctx.hop_frames, ctx.multi, dev, amp,
+                               recipe.batch_size)
             val_score = task_score(ds.task_type, y_all[np.asarray(sp.val)], output)[0]
             record[f"val_{ds.metric}"] = val_score
             if val_score > best_score:
@@ -509,9 +611,8 @@ def _train_split(ctx: _Context, enc: Encoder, sp: Split, tag: str, reinit: bool)
     if best_state is not None:
         model.load_state_dict(best_state)
     test = np.asarray(sp.test)
-    output = _evaluate(model, ctx.frontend, clips, test, ctx.frames, ctx.hop_frames, ctx.multi, dev, amp,
-                       recipe.batch_size)
-    score, extra, pred = task_score(ds.task_type, y_all[test], output)
+    output = _evaluate(model, ctx.feats, test, ctx.frames, ctx.hop_frames, ctx.multi, dev, amp, recipe.batch_size)
+    score, metrics, pred = task_score(ds.task_type, y_all[test], output)
     chosen_epoch = best_epoch if best_state is not None else epoch
     chosen = f"epoch {chosen_epoch} (best on validation)" if best_state is not None else f"epoch {epoch} (last)"
     ctx.log(f"{tag} {sp.name}: test {ds.metric} {score:.4f} with the model of {chosen}")
@@ -527,7 +628,7 @@ def _train_split(ctx: _Context, enc: Encoder, sp: Split, tag: str, reinit: bool)
                                                                         "chosen", "reinit")}}
         save_encoder(folder / "encoder.safetensors", model.encoder.state_dict(), enc_meta)
     return FoldResult(sp.name, len(sp.train), len(sp.test), float(score), float("nan"),
-                      0 if sp.val is None else len(sp.val), {**extra, "epoch": chosen_epoch, "steps": step},
+                      0 if sp.val is None else len(sp.val), {**metrics, **extra, "epoch": chosen_epoch, "steps": step},
                       y_all[test] if pred is not None else None, pred)
 
 
@@ -574,19 +675,14 @@ def run_finetune(
     frames = recipe.clip_frames or base.window_frames
     if frames % p:
         raise ConfigError("clip_frames", f"{frames} is not a multiple of the patch size {p}")
-    frontend = _Frontend(base, dev)
-    cache, bad = _prescan(dataset, base.sample_rate, skip_bad, recipe.cache_audio_gb, log, progress)
+    min_samples = (frames - 1) * base.fbank_config.window_shift + base.fbank_config.window_length
+    feats, bad = _read_features(dataset, base, min_samples, skip_bad, recipe.cache_audio_gb, log, progress)
     if bad:
-        new_index = {}
-        for i in range(len(dataset.items)):
-            if i not in bad:
-                new_index[i] = len(new_index)
         dataset = dataset.without(bad, bad)
-        cache = {new_index[i]: w for i, w in cache.items()}
         log(f"skipped {len(bad)} unreadable file(s)")
-    ctx = _Context(dataset, base, recipe, frontend, dev, bool(recipe.amp and dev.type == "cuda"), frames,
-                   max(p, int(round(recipe.eval_hop * frames / p)) * p), frontend.samples_for(frames), cache, multi,
-                   multi or recipe.loss == "bce", out, write, progress, log, t0)
+    ctx = _Context(dataset, recipe, feats, dev, bool(recipe.amp and dev.type == "cuda"), frames,
+                   max(p, int(round(recipe.eval_hop * frames / p)) * p), multi, multi or recipe.loss == "bce", out,
+                   write, progress, log, t0)
     splits = dataset.splits()
     if recipe.folds is not None:
         splits = splits[: recipe.folds]
@@ -599,14 +695,16 @@ def run_finetune(
         folds = [_train_split(ctx, enc, sp, tag, reinit) for sp in splits]
         models[tag] = ModelResult(
             tag, f"{'random-init' if reinit else 'pretrained'} encoder fine-tuned with recipe {recipe.name!r} "
-                 f"({frames}-frame crops, peak lr {recipe.peak_lr():.3g}, {recipe.epochs} epochs)",
+                 f"({frames}-frame crops, peak lr {recipe.peak_lr():.3g}, {recipe.epochs} epochs"
+                 + (", head started as a linear probe" if recipe.head_init == "probe" else "") + ")",
             dataset.metric, folds)
     results = {
         "command": "finetune",
         "title": f"Fine-tuning: {dataset.name}" + (f" ({dataset.protocol.name})" if dataset.name == "fsdd" else ""),
         "dataset": dataset.summary(),
         "recipe": to_dict(recipe),
-        "options": {"checkpoint": str(checkpoint), "device": str(dev), "amp": ctx.amp, "clip_frames": frames},
+        "options": {"checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(resolve_encoder_path(checkpoint)),
+                    "device": str(dev), "amp": ctx.amp, "clip_frames": frames},
         "selection": ("the epoch with the best validation score is tested" if any(s.val is not None for s in splits)
                       else "the last epoch is tested (no validation split)"),
         "splits": [{"name": sp.name, "n_train": len(sp.train), "n_val": 0 if sp.val is None else len(sp.val),

@@ -245,8 +245,8 @@ def run_probe(
     checkpoint: str | os.PathLike | None = None,
     baselines: Sequence[str] = BASELINES,
     pretrained: bool = True,
-    layer: int = -1,
-    pool: str = "mean",
+    layer: int | str | None = None,
+    pool: str | None = None,
     device: str = "auto",
     batch_size: int = 32,
     seed: int = 0,
@@ -260,7 +260,9 @@ def run_probe(
 
     Returns the results dict also written to ``out_dir/results.json`` (plus
     ``results.md`` and confusion PNGs).  Without a checkpoint only the
-    handcrafted baseline can run.  ``cache_dir``: None = :func:`default_cache_dir`,
+    handcrafted baseline can run.  ``layer``/``pool``: the encoder's pooling
+    (:meth:`audiopg.Encoder.embed`; None = the checkpoint's default, recorded
+    resolved in the options).  ``cache_dir``: None = :func:`default_cache_dir`,
     False = no cache.
     """
     log = log or (lambda msg: None)
@@ -287,6 +289,7 @@ def run_probe(
             enc = Encoder.from_pretrained(path, device=device, reinit=True, seed=seed)
             extractors.append(EncoderFeatures("random", enc, layer=layer, pool=pool, batch_size=batch_size,
                                               checkpoint_sha256=sha, seed=seed))
+        options["layer"], options["pool"] = extractors[0].layer, extractors[0].pool
     if "handcrafted" in baselines:
         extractors.append(HandcraftedFeatures())
     if not extractors:

@@ -6,39 +6,33 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from audiopg.core.errors import AudioPGError, ConfigError
-from audiopg.core.io import atomic_write_bytes, atomic_write_text, file_sha256
-from audiopg.eval.datasets import default_data_root, load_dataset
-from audiopg.eval.metrics import mean_std
-from audiopg.eval.probe import run_probe
+from audiopg.core.errors import ConfigError
+from audiopg.core.io import atomic_write_bytes, atomic_write_text
+from audiopg.eval.datasets import default_data_root
 from audiopg.eval.report import format_score
-from audiopg.model.checkpoint import resolve_encoder_path
-from audiopg.synth import load_world_config
-from audiopg.train.config import build_pretrain_config
-from audiopg.train.pretrain import pretrain
-from audiopg.train.run_dir import (
-    CONFIG_FILE,
-    ENCODER_FILE,
-    METRICS_FILE,
-    RECON_FILE,
-    STATE_FILE,
-    check_resume_config,
-    load_run_config,
+from audiopg.experiments.transfer import (
+    HANDCRAFTED,
+    PROBE_SEED,
+    build_run_config,
+    check_existing_run,
+    json_default,
+    load_tasks,
+    parse_tasks,
+    probe_run,
+    seed_stats,
+    train_run,
 )
+from audiopg.synth import load_world_config
 
 __all__ = [
     "FAMILY_OVERRIDES",
-    "PROBE_TASKS",
-    "AblationInterrupted",
     "Variant",
     "parse_families",
-    "parse_tasks",
     "parse_variant",
     "default_variants",
     "run_config",
@@ -58,30 +52,12 @@ FAMILY_OVERRIDES: dict[str, tuple[str, ...]] = {
     "room": ("room.enabled=false", "distance.enabled=false"),
 }
 
-# task name -> (dataset loader, folder below the data root, FSDD protocol); as in benchmarks/transfer_cpu.py
-PROBE_TASKS: dict[str, tuple[str, str, str | None]] = {
-    "fsdd-own": ("fsdd", "fsdd", "own"),
-    "fsdd-loso": ("fsdd", "fsdd", "loso"),
-    "esc50": ("esc50", "esc50-fold4", None),
-}
-TASK_ALIASES = {"esc50-part": "esc50"}
-
 FORMAT = 1
 SUMMARY_JSON = "ablation.json"
 SUMMARY_MD = "ablation.md"
 SUMMARY_PNG = "ablation.png"
-HANDCRAFTED = "handcrafted"
 PROBE_LAYER = -1
 PROBE_POOL = "mean"
-PROBE_SEED = 0  # the probe's folds and inits stay fixed, so the spread over seeds is the pre-training's
-
-
-class AblationInterrupted(AudioPGError):
-    """A pre-training run was stopped by a signal (its state is saved); rerun the command to continue."""
-
-    def __init__(self, message: str, signal: int | None):
-        super().__init__(message)
-        self.signal = signal
 
 
 # ----------------------------------------------------------------------------- variants
@@ -159,22 +135,6 @@ def check_variant(variant: Variant) -> None:
                                          f"{variant.preset!r}; removing it changes nothing")
 
 
-# ----------------------------------------------------------------------------- tasks and data
-def parse_tasks(text: str | Sequence[str] | None) -> list[str]:
-    if text is None:
-        return list(PROBE_TASKS)
-    names = [s.strip() for s in (text.split(",") if isinstance(text, str) else text) if s and s.strip()]
-    out = []
-    for n in names:
-        n = TASK_ALIASES.get(n, n)
-        if n not in PROBE_TASKS:
-            raise ConfigError("tasks", f"unknown task {n!r} (known: {', '.join(PROBE_TASKS)})")
-        out.append(n)
-    if not out:
-        raise ConfigError("tasks", "no task given")
-    return list(dict.fromkeys(out))
-
-
 # ----------------------------------------------------------------------------- pre-training
 def run_config(variant: Variant, seed: int, *, model_preset: str = "tiny", minutes: float | None = None,
                steps: int | None = None, overrides: Sequence[str] = (), device: str = "auto",
@@ -187,70 +147,8 @@ def run_config(variant: Variant, seed: int, *, model_preset: str = "tiny", minut
         if key in ("world.preset", "world", "seed", "steps", "minutes", "model.preset", "model"):
             raise ConfigError(key, "is set by the ablation itself (use --variants, --seeds, --steps/--minutes, "
                                    "--model-preset)")
-    flags = {"preset": model_preset, "steps": steps, "minutes": minutes, "seed": int(seed), "device": device,
-             "progress": progress}
-    return build_pretrain_config(None, list(overrides) + variant.pretrain_overrides(), flags)
-
-
-def _train(config, run_dir: Path, log: Callable[[str], None]) -> dict:
-    """Pre-train (or reuse / resume) one run; returns {status, steps, wall_s}."""
-
-    if (run_dir / ENCODER_FILE).exists():
-        saved, data = load_run_config(run_dir)
-        check_resume_config(saved, config, run_dir)
-        log(f"  finished already: reusing {run_dir / ENCODER_FILE}")
-        return {"status": "reused", "steps": data.get("plan", {}).get("total_steps"), "wall_s": 0.0}
-    t0 = time.time()
-    resumed = (run_dir / STATE_FILE).exists()
-    if resumed:
-        log(f"  unfinished: resuming {run_dir}")
-        result = pretrain(config, run_dir, resume=True, log=log)
-    else:
-        if (run_dir / CONFIG_FILE).exists():  # stopped before its first save: nothing to resume
-            log(f"  {run_dir} stopped before saving any state: starting it again")
-            for name in (CONFIG_FILE, METRICS_FILE, RECON_FILE):
-                (run_dir / name).unlink(missing_ok=True)
-            shutil.rmtree(run_dir / "tb", ignore_errors=True)
-        result = pretrain(config, run_dir, log=log)
-    if result.status == "interrupted":
-        raise AblationInterrupted(f"stopped during {run_dir} (state saved); run the same command again to "
-                                  "continue the ablation", result.signal)
-    return {"status": "resumed" if resumed else "trained", "steps": result.total_steps,
-            "wall_s": round(time.time() - t0, 1)}
-
-
-# ----------------------------------------------------------------------------- probing
-def _same_probe(path: Path, dataset, sha: str | None) -> dict | None:
-    """The saved probe results in ``path`` if they were made with this encoder on this data, else None."""
-    try:
-        res = json.loads((path / "results.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    want = json.loads(json.dumps(dataset.summary()))
-    got = res.get("dataset", {})
-    opts = res.get("options", {})
-    same = (all(got.get(k) == want[k] for k in ("root", "num_items", "protocol"))
-            and opts.get("checkpoint_sha256") == sha and opts.get("seed") == PROBE_SEED
-            and opts.get("layer") == PROBE_LAYER and opts.get("pool") == PROBE_POOL)
-    return res if same else None
-
-
-def _probe(dataset, out: Path, *, checkpoint: Path | None, device: str, batch_size: int, cache_dir,
-           progress: bool, log: Callable[[str], None]) -> tuple[dict, bool]:
-    """Probe the encoder of ``checkpoint`` (None: the handcrafted baseline); returns (model result, reused)."""
-
-    sha = None if checkpoint is None else file_sha256(resolve_encoder_path(checkpoint))
-    name = HANDCRAFTED if checkpoint is None else "pretrained"
-    res = _same_probe(out, dataset, sha)
-    reused = res is not None
-    if res is None:
-        res = run_probe(dataset, out, checkpoint=checkpoint,
-                        baselines=[HANDCRAFTED] if checkpoint is None else [],
-                        pretrained=checkpoint is not None, layer=PROBE_LAYER, pool=PROBE_POOL, device=device,
-                        batch_size=batch_size, seed=PROBE_SEED, cache_dir=cache_dir, progress=progress, log=log)
-    m = res["models"][name]
-    return {"mean": m["mean"], "std": m["std"], "folds": [f["score"] for f in m["folds"]],
-            "metric": m["metric"], "results": str(out / "results.json")}, reused
+    return build_run_config(list(overrides) + variant.pretrain_overrides(), seed, model_preset=model_preset,
+                            minutes=minutes, steps=steps, device=device, progress=progress)
 
 
 # ----------------------------------------------------------------------------- the whole ablation
@@ -274,7 +172,7 @@ def run_ablation(
     """Pre-train every variant x seed, probe each on every task with data, write the summary; return it.
 
     ``cache_dir`` is the probe's embedding cache (None: audiopg's default, False: none).
-    Raises :class:`AblationInterrupted` when a run is stopped by a signal.
+    Raises :class:`~audiopg.experiments.transfer.RunInterrupted` when a run is stopped by a signal.
     """
 
     log = log or (lambda msg: print(msg, flush=True))
@@ -300,27 +198,11 @@ def run_ablation(
                                             overrides=overrides, device=device, progress=progress)
 
     # runs already in the folder must have been started with these settings
-
     for (name, k), config in configs.items():
-        run_dir = out / name / f"seed{k}"
-        if (run_dir / CONFIG_FILE).exists() and ((run_dir / ENCODER_FILE).exists() or (run_dir / STATE_FILE).exists()):
-            check_resume_config(load_run_config(run_dir)[0], config, run_dir)
+        check_existing_run(config, out / name / f"seed{k}")
 
     # the data: load each task's dataset now, skip those whose folder is absent
-    datasets, task_info = {}, {}
-    for t in tasks:
-        loader, sub, protocol = PROBE_TASKS[t]
-        root = data_root / sub
-        if not root.exists():
-            note = f"no data: {root} not found"
-            log(f"note: {t} skipped ({note})")
-            task_info[t] = {"data": str(root), "skipped": note}
-            continue
-        ds = load_dataset(loader, root, protocol=protocol, seed=PROBE_SEED)
-        datasets[t] = ds
-        task_info[t] = {"data": str(root), "skipped": None, "metric": ds.metric, "num_items": len(ds.items),
-                        "protocol": ds.protocol.description, "notes": list(ds.notes)}
-        log(f"{t}: {len(ds.items)} clips; {ds.protocol.description}")
+    datasets, task_info = load_tasks(data_root, tasks, log)
 
     n_runs = len(variants) * seeds
     budget = f"{minutes:g} min" if minutes is not None else f"{steps} steps"
@@ -358,8 +240,8 @@ def run_ablation(
     # the handcrafted baseline, once per task
     for t, ds in datasets.items():
         log(f"== probe {HANDCRAFTED} on {t}")
-        res, reused = _probe(ds, out / HANDCRAFTED / t, checkpoint=None, device=device, batch_size=probe_batch_size,
-                             cache_dir=cache_dir, progress=progress, log=log)
+        res, reused = probe_run(ds, out / HANDCRAFTED / t, checkpoint=None, model=HANDCRAFTED, device=device,
+                                batch_size=probe_batch_size, cache_dir=cache_dir, progress=progress, log=log)
         summary["handcrafted"][t] = {**res, "reused": reused}
         log(f"   {HANDCRAFTED} {t}: {format_score(res['metric'] or 'accuracy', res['mean'])}" + (" (reused)" if reused else ""))
 
@@ -370,13 +252,14 @@ def run_ablation(
             i += 1
             run_dir = out / v.name / f"seed{k}"
             log(f"== run {i}/{n_runs}: {v.name} seed {k} ({v.describe()}) -> {run_dir}")
-            info = _train(configs[v.name, k], run_dir, log)
+            info = train_run(configs[v.name, k], run_dir, log)
             info["run_dir"] = str(run_dir)
             info["scores"] = {}
             for t, ds in datasets.items():
                 log(f"== probe {v.name} seed {k} on {t}")
-                res, reused = _probe(ds, run_dir / "probe" / t, checkpoint=run_dir, device=device,
-                                     batch_size=probe_batch_size, cache_dir=cache_dir, progress=progress, log=log)
+                res, reused = probe_run(ds, run_dir / "probe" / t, checkpoint=run_dir, layer=PROBE_LAYER,
+                                        pool=PROBE_POOL, device=device, batch_size=probe_batch_size,
+                                        cache_dir=cache_dir, progress=progress, log=log)
                 info["scores"][t] = {**res, "reused": reused}
                 log(f"   {v.name} seed {k} {t}: {format_score(res['metric'] or 'accuracy', res['mean'])}" + (" (reused)" if reused else ""))
             summary["runs"][v.name][f"seed{k}"] = info
@@ -402,8 +285,7 @@ def _aggregate(summary: dict, variants: Sequence[Variant], tasks: Sequence[str])
             scores = [r["scores"][t]["mean"] for _, r in sorted(summary["runs"][v.name].items())
                       if t in r.get("scores", {})]
             if scores:
-                m, s = mean_std(scores)
-                row[t] = {"mean": m, "std": s, "n_seeds": len(scores), "seeds": scores}
+                row[t] = seed_stats(scores)
         results[v.name] = row
         done = [r["steps"] for r in summary["runs"][v.name].values() if r.get("steps") is not None]
         steps[v.name] = round(sum(done) / len(done)) if done else None
@@ -437,8 +319,7 @@ def paired_differences(summary: dict, variants: Sequence[Variant], tasks: Sequen
             diffs = [ra[k]["scores"][t]["mean"] - rb[k]["scores"][t]["mean"] for k in sorted(ra)
                      if k in rb and t in ra[k].get("scores", {}) and t in rb[k].get("scores", {})]
             if diffs:
-                m, s = mean_std(diffs)
-                row[t] = {"mean": m, "std": s, "n_seeds": len(diffs), "seeds": diffs}
+                row[t] = seed_stats(diffs)
         out.append({"a": a, "b": b, "label": label, "tasks": row})
     return out
 
@@ -596,14 +477,7 @@ def write_summary(out_dir: str | os.PathLike, summary: dict) -> None:
     """``ablation.json``, ``ablation.md`` and ``ablation.png`` in ``out_dir``, each written atomically."""
     out = Path(out_dir)
     png = plot_summary(summary)
-    atomic_write_text(out / SUMMARY_JSON, json.dumps(summary, indent=2, default=_json_default) + "\n")
+    atomic_write_text(out / SUMMARY_JSON, json.dumps(summary, indent=2, default=json_default) + "\n")
     atomic_write_text(out / SUMMARY_MD, format_markdown(summary))
     atomic_write_bytes(out / SUMMARY_PNG, png)
 
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "item"):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")

@@ -9,6 +9,9 @@ entry ``"audiopg"``: a JSON object with at least
 * ``fbank``: the :class:`~audiopg.audio.fbank.FbankConfig` as a dict;
 * ``fbank_stats``: ``{"mean": ..., "std": ...}`` measured on the world;
 * ``world``: the world config the encoder was trained on (a dict);
+* ``embedding`` (optional): ``{"layer": ..., "pool": ...}``, the pooling
+  :meth:`audiopg.Encoder.embed` uses when the caller names none (written by
+  ``audiopg export --layer/--pool``; docs/encoder.md);
 * ``step``, ``git_commit`` and anything else the trainer adds (``train``, ``created``...).
 
 Nothing is unpickled: loading a checkpoint cannot run code.

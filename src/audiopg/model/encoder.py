@@ -1,7 +1,9 @@
 """``audiopg.Encoder``: a pre-trained encoder with its preprocessing, from waveforms to embeddings.
 
 Preprocessing follows the checkpoint's metadata (resample, peak-normalize, Kaldi fbank, the training
-statistics); short clips are padded with a noise floor, long ones windowed; docs/encoder.md says how.
+statistics); short clips are padded with a noise floor, long ones windowed; the pooling (layer and pool) is the
+caller's, else the checkpoint's ``embedding`` entry, else :data:`DEFAULT_LAYER`/:data:`DEFAULT_POOL`;
+docs/encoder.md says how.
 """
 from __future__ import annotations
 
@@ -29,16 +31,25 @@ from audiopg.model.checkpoint import (
 from audiopg.model.config import ModelConfig
 from audiopg.model.vit import ViTEncoder
 
-__all__ = ["Embeddings", "Encoder", "load_state_strict"]
+__all__ = ["DEFAULT_LAYER", "DEFAULT_POOL", "POOLS", "Embeddings", "Encoder", "load_state_strict", "parse_layer"]
+
+#: the layer ``embed`` pools when neither the call nor the checkpoint's ``embedding`` metadata names one
+DEFAULT_LAYER: int | str = -1
+#: the pooling ``embed`` uses when neither the call nor the checkpoint's ``embedding`` metadata names one
+DEFAULT_POOL = "mean"
+#: mean of the signal tokens; CLS token; mean then standard deviation over time of the signal columns
+POOLS = ("mean", "cls", "meanstd")
 
 
 @dataclass
 class Embeddings:
     """What :meth:`Encoder.embed` returns; tensors on the encoder's device, float32.
 
-    ``scene``: ``(B, D)``, or ``(B, depth, D)`` for ``layer="all"``.
+    ``scene``: ``(B, W)`` with ``W = Encoder.embedding_size_for(layer, pool)``
+    (``D``, ``2D`` for "meanstd", times ``depth`` for ``layer="concat"``), or
+    ``(B, depth, W)`` for ``layer="all"``.
     ``frames``/``timestamps`` (only with ``timestamps=True``): per-clip
-    embeddings ``(T, D)`` and their times in milliseconds ``(T,)``, stacked to
+    embeddings ``(T, D)`` (``(T, depth * D)`` for "concat") and their times in milliseconds ``(T,)``, stacked to
     ``(B, T, D)``/``(B, T)`` when the input was one array or tensor, lists of
     per-clip tensors when it was a list (clips may differ in length).
     """
@@ -61,7 +72,10 @@ class Encoder(nn.Module):
 
     Build it with :meth:`from_pretrained`, or from a model in memory with
     ``Encoder(vit, metadata)`` (``metadata`` as in the checkpoint format:
-    ``fbank``, ``fbank_stats``, ``world``; ``model`` is filled in from ``vit``).
+    ``fbank``, ``fbank_stats``, ``world``, optionally ``embedding``; ``model``
+    is filled in from ``vit``).  ``default_layer``/``default_pool``: what
+    :meth:`embed` pools when the call names nothing (the metadata's
+    ``embedding`` entry, else :data:`DEFAULT_LAYER`/:data:`DEFAULT_POOL`).
     It is an ``nn.Module``: ``.to(device)`` moves it.  See the module docstring
     for preprocessing, windowing and time-stamped embeddings.
     """
@@ -111,6 +125,7 @@ class Encoder(nn.Module):
         self.model = model.eval()
         self.fbank = Fbank(self.fbank_config)
         self.hop_frames = self._hop_frames(hop_seconds)
+        self.default_layer, self.default_pool = self._stored_pooling(meta.get("embedding"), where)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -167,8 +182,18 @@ class Encoder(nn.Module):
 
     @property
     def embedding_size(self) -> int:
-        """Width ``D`` of every embedding."""
+        """Width ``D`` of the model's tokens (of a "mean" or "cls" embedding of one layer)."""
         return int(self.config.embed_dim)
+
+    def embedding_size_for(self, layer: int | str | None = None, pool: str | None = None) -> int:
+        """Length of the last axis of ``embed(..., layer=layer, pool=pool).scene`` (None: the model's default).
+
+        ``D`` for "mean" and "cls", ``2 D`` for "meanstd"; ``layer="concat"``
+        multiplies it by ``depth``; ``layer="all"`` stacks ``depth`` rows of it.
+        """
+        layer, pool = self.resolve_layer_pool(layer, pool)
+        width = self.embedding_size * (2 if pool == "meanstd" else 1)
+        return width * self.depth if layer == "concat" else width
 
     @property
     def depth(self) -> int:
@@ -197,7 +222,8 @@ class Encoder(nn.Module):
         return (
             f"source={self.source!r}, reinit={self.reinit}, sample_rate={self.sample_rate}, "
             f"window_seconds={self.window_seconds:g}, hop_seconds={self.hop_seconds:g}, "
-            f"peak_normalize={self.peak_normalize}, pad_noise_level={self.pad_noise_level:g}"
+            f"peak_normalize={self.peak_normalize}, pad_noise_level={self.pad_noise_level:g}, "
+            f"default_layer={self.default_layer!r}, default_pool={self.default_pool!r}"
         )
 
     # ------------------------------------------------------------------ public API
@@ -206,8 +232,8 @@ class Encoder(nn.Module):
         waveforms: Any,
         sample_rate: int,
         *,
-        layer: int | str = -1,
-        pool: str = "mean",
+        layer: int | str | None = None,
+        pool: str | None = None,
         batch_size: int = 32,
         normalize: bool | None = None,
         hop_seconds: float | None = None,
@@ -219,23 +245,29 @@ class Encoder(nn.Module):
         ``sample_rate``: the rate of ``waveforms`` (resampled when it differs).
         ``layer``: -1 = final normed output; ``i`` in ``[0, depth)`` = hidden
         state after block ``i`` (un-normed, later blocks are not run); "all" =
-        every block, shape ``(B, depth, D)`` where entry ``depth - 1`` is the
-        final normed output (equal to ``layer=-1``).  ``pool``: "mean" over the
-        patch tokens of the columns holding signal, or "cls".  ``batch_size``:
+        every block, shape ``(B, depth, W)`` where entry ``depth - 1`` is the
+        final normed output (equal to ``layer=-1``); "concat" = the same rows
+        concatenated, ``(B, depth * W)``.  ``pool``: "mean" over the patch
+        tokens of the columns holding signal, "cls", or "meanstd" = that mean
+        followed by the standard deviation over time (ddof 0) of the signal
+        columns' means over frequency (``W = 2 D``).  Each window is pooled on
+        its own and long clips average the windows.  ``layer``/``pool`` None:
+        ``default_layer``/``default_pool``.  ``batch_size``:
         windows per forward pass.  ``normalize``: peak normalization (None =
         as the training world).  ``hop_seconds``: hop between windows of long
         clips (rounded to whole patch columns; default half a window).
         ``timestamps=True`` also returns per-timestamp embeddings every
         ``160 / d`` ms (``d`` the smallest divisor of the patch size giving a hop
-        <= ``timestamp_hop_ms``; 40 ms by default) -- see the module docstring.
+        <= ``timestamp_hop_ms``; 40 ms by default) of ``layer`` (an int or
+        "concat"), whatever ``pool`` -- see docs/encoder.md.
         Runs under ``torch.inference_mode``; the returned tensors are ordinary
         (non-inference) tensors on the encoder's device.
         """
-        self.check_layer_pool(layer, pool)
+        layer, pool = self.resolve_layer_pool(layer, pool)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         if timestamps and layer == "all":
-            raise ValueError("timestamps=True needs a single layer (an int), not layer='all'")
+            raise ValueError("timestamps=True needs a single layer (an int) or 'concat', not layer='all'")
         hop_frames = self._hop_frames(hop_seconds) if hop_seconds is not None else self.hop_frames
         clips, durations_ms, stacked = self._prepare(waveforms, sample_rate, normalize)
         shifts = self._num_shifts(timestamp_hop_ms) if timestamps else 0
@@ -252,16 +284,16 @@ class Encoder(nn.Module):
         waveforms: Any,
         sample_rate: int,
         *,
-        layer: int = -1,
+        layer: int | str | None = None,
         batch_size: int = 32,
         normalize: bool | None = None,
         hop_seconds: float | None = None,
         timestamp_hop_ms: float = 50.0,
     ) -> tuple[torch.Tensor | list[torch.Tensor], torch.Tensor | list[torch.Tensor]]:
         """Only the time-stamped embeddings of :meth:`embed` (``frames``, ``timestamps`` in ms), without the scene pass."""
-        self.check_layer_pool(layer, "mean")
+        layer, _ = self.resolve_layer_pool(layer, "mean")
         if layer == "all":
-            raise ValueError("time-stamped embeddings need a single layer (an int), not layer='all'")
+            raise ValueError("time-stamped embeddings need a single layer (an int) or 'concat', not layer='all'")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         hop_frames = self._hop_frames(hop_seconds) if hop_seconds is not None else self.hop_frames
@@ -286,13 +318,38 @@ class Encoder(nn.Module):
 
     # ------------------------------------------------------------------ preparation
     def check_layer_pool(self, layer: Any, pool: Any) -> None:
-        """Raise ValueError unless ``layer`` (-1, "all" or a block index) and ``pool`` are valid here."""
-        if pool not in ("mean", "cls"):
-            raise ValueError(f"pool must be 'mean' or 'cls', got {pool!r}")
-        if layer == "all":
+        """Raise ValueError unless ``layer`` (-1, a block index, "all" or "concat") and ``pool`` are valid here."""
+        if not isinstance(pool, str) or pool not in POOLS:
+            raise ValueError(f"pool must be one of {', '.join(map(repr, POOLS))}, got {pool!r}")
+        if layer in ("all", "concat"):
             return
         if isinstance(layer, bool) or not isinstance(layer, int) or not (layer == -1 or 0 <= layer < self.depth):
-            raise ValueError(f"layer must be -1 (final output), 'all' or an int in [0, {self.depth}), got {layer!r}")
+            raise ValueError(
+                f"layer must be -1 (final output), an int in [0, {self.depth}), 'all' or 'concat', got {layer!r}"
+            )
+
+    def resolve_layer_pool(self, layer: Any = None, pool: Any = None) -> tuple[int | str, str]:
+        """``(layer, pool)`` with None replaced by the model's default, checked by :meth:`check_layer_pool`."""
+        layer = self.default_layer if layer is None else layer
+        pool = self.default_pool if pool is None else pool
+        self.check_layer_pool(layer, pool)
+        return layer, pool
+
+    def _stored_pooling(self, stored: Any, where: str) -> tuple[int | str, str]:
+        """The metadata's ``embedding`` entry (``{"layer": ..., "pool": ...}``, each optional), else the library's."""
+        if stored is None:
+            stored = {}
+        if not isinstance(stored, Mapping) or set(stored) - {"layer", "pool"}:
+            raise CheckpointError(f"{where}: metadata 'embedding' must be a mapping with 'layer' and/or 'pool', "
+                                  f"got {stored!r}")
+        layer, pool = stored.get("layer", DEFAULT_LAYER), stored.get("pool", DEFAULT_POOL)
+        try:
+            self.check_layer_pool(layer, pool)
+            if layer == "all":
+                raise ValueError("layer 'all' gives several vectors per clip; a default must give one")
+        except ValueError as err:
+            raise CheckpointError(f"{where}: invalid 'embedding' metadata ({err})") from None
+        return layer, pool
 
     def _hop_frames(self, hop_seconds: float | None) -> int:
         p, win = self.config.patch_size, self.window_frames
@@ -415,9 +472,10 @@ class Encoder(nn.Module):
         """
         p = self.config.patch_size
         grid_t = self.window_frames // p
-        layers = self.depth if layer == "all" else 1
+        layers = self.depth if layer in ("all", "concat") else 1
         device, dim = self.device, self.embedding_size
-        scene_sum = torch.zeros(len(clips), layers, dim, device=device)
+        ts_dim = layers * dim  # a time-stamped embedding: the column means of every layer run, concatenated
+        scene_sum = torch.zeros(len(clips), layers, dim * (2 if pool == "meanstd" else 1), device=device)
         scene_count = torch.zeros(len(clips), device=device)
         ts_sum: dict[int, torch.Tensor] = {}
         ts_count: dict[int, torch.Tensor] = {}
@@ -431,11 +489,11 @@ class Encoder(nn.Module):
             cls_tok, cols = self._encode_windows(torch.stack(specs), layer)
             for w, job in enumerate(jobs):
                 if job.copy < 0:
-                    pooled = cls_tok[w] if pool == "cls" else cols[w, :, : job.valid].mean(dim=1)
-                    scene_sum[job.clip] += pooled
+                    scene_sum[job.clip] += _pool(cls_tok[w], cols[w, :, : job.valid], pool)
                     scene_count[job.clip] += 1
                 else:
-                    ts_sum[job.clip][job.copy, job.start:job.start + grid_t] += cols[w, 0]
+                    per_column = cols[w].transpose(0, 1).reshape(grid_t, ts_dim)
+                    ts_sum[job.clip][job.copy, job.start:job.start + grid_t] += per_column
                     ts_count[job.clip][job.copy, job.start:job.start + grid_t] += 1
             specs.clear()
             jobs.clear()
@@ -452,20 +510,23 @@ class Encoder(nn.Module):
                 for s in self._window_starts(spec.shape[0] // p, hop_frames):
                     add(spec[s * p:(s + grid_t) * p], _Job(clip=i, start=s, valid=min(grid_t, valid - s)))
             if shifts:
-                for spec_k, k, start in self._timestamp_windows(i, wave, durations_ms[i], shifts, hop_frames, ts_sum, ts_count, ts_meta):
+                for spec_k, k, start in self._timestamp_windows(i, wave, durations_ms[i], shifts, hop_frames, ts_dim,
+                                                                ts_sum, ts_count, ts_meta):
                     add(spec_k, _Job(clip=i, start=start, valid=grid_t, copy=k))
         flush()
 
         scene = None
         if want_scene:
             scene = scene_sum / scene_count[:, None, None]
-            if layer != "all":
+            if layer == "concat":
+                scene = scene.reshape(len(clips), -1)
+            elif layer != "all":
                 scene = scene[:, 0]
         out_ts: list[tuple[torch.Tensor, torch.Tensor]] = []
         for i in range(len(clips) if shifts else 0):
             count_m, sub_ms, first_ms = ts_meta[i]
             # interleave the copies: sub-column m = shifts * column + copy
-            emb = (ts_sum[i] / ts_count[i][..., None]).transpose(0, 1).reshape(-1, dim)[:count_m]
+            emb = (ts_sum[i] / ts_count[i][..., None]).transpose(0, 1).reshape(-1, ts_dim)[:count_m]
             if durations_ms[i] < first_ms:  # shorter than the first column's centre: one embedding, stamped mid-clip
                 times = torch.full((1,), durations_ms[i] / 2, dtype=torch.float64)
             else:
@@ -474,7 +535,7 @@ class Encoder(nn.Module):
         return scene, out_ts
 
     def _timestamp_windows(
-        self, i: int, wave: torch.Tensor, duration_ms: float, shifts: int, hop_frames: int,
+        self, i: int, wave: torch.Tensor, duration_ms: float, shifts: int, hop_frames: int, ts_dim: int,
         ts_sum: dict, ts_count: dict, ts_meta: dict,
     ) -> Iterator[tuple[torch.Tensor, int, int]]:
         """Windows of the ``shifts`` shifted copies of clip ``i``; sets up its accumulators.
@@ -496,7 +557,7 @@ class Encoder(nn.Module):
         front = torch.from_numpy(noise_floor(lead * sub * cfg.window_shift, self.pad_noise_level, seed=1))
         wave = torch.cat([front.to(wave.device), wave])
         spec = self._padded_spec(wave, (shifts - 1) * sub + cols * p)
-        ts_sum[i] = torch.zeros(shifts, cols, self.embedding_size, device=self.device)
+        ts_sum[i] = torch.zeros(shifts, cols, ts_dim, device=self.device)
         ts_count[i] = torch.zeros(shifts, cols, device=self.device)
         ts_meta[i] = (count_m, sub_ms, first_ms)
         for k in range(shifts):
@@ -510,7 +571,7 @@ class Encoder(nn.Module):
         tokens = vit.patch_tokens(x)
         if layer == -1:
             hs = vit.forward_tokens(tokens)[:, None]
-        elif layer == "all":
+        elif layer in ("all", "concat"):
             out, states = vit.forward_tokens(tokens, return_layers=True)
             hs = torch.stack(states[:-1] + [out], dim=1)
         else:
@@ -523,6 +584,29 @@ class Encoder(nn.Module):
 
 
 # ----------------------------------------------------------------------------- helpers
+def _pool(cls_tok: torch.Tensor, cols: torch.Tensor, pool: str) -> torch.Tensor:
+    """One window: CLS ``(layers, D)`` and the signal columns' means over frequency ``(layers, valid, D)`` ->
+    ``(layers, W)``.  The mean over all signal tokens equals the mean of the column means (every column holds
+    the same number of frequency patches); "meanstd" appends their standard deviation over time (ddof 0)."""
+    if pool == "cls":
+        return cls_tok
+    mean = cols.mean(dim=1)
+    if pool == "mean":
+        return mean
+    return torch.cat([mean, cols.std(dim=1, correction=0)], dim=-1)
+
+
+def parse_layer(text: str) -> int | str:
+    """A layer given as text (the command line): "concat" or an integer (-1 = final output, i = after block i)."""
+    if text == "concat":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"layer must be an integer (-1 = final output, i = after block i) or 'concat', "
+                         f"got {text!r}") from None
+
+
 def _world_noise_floor(world: Any) -> float:
     """The quietest background noise std of the training world, or PAD_NOISE_LEVEL when it records none."""
     if isinstance(world, Mapping):

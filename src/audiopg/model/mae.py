@@ -78,7 +78,7 @@ class MaskedAutoencoder(nn.Module):
     After pre-training only ``encoder`` is kept.
     """
 
-    def __init__(self, config: ModelConfig):
+    def __init__(self, config: ModelConfig, pred_dim: int | None = None):
         super().__init__()
         self.config = config
         c = config
@@ -91,7 +91,8 @@ class MaskedAutoencoder(nn.Module):
             Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, c.qkv_bias) for _ in range(c.decoder_depth)
         )
         self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=1e-6)
-        self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_size**2)
+        # per patch: its p*p pixels, or ``pred_dim`` values (the latent objective predicts embed_dim features)
+        self.decoder_pred = nn.Linear(c.decoder_embed_dim, pred_dim or c.patch_size**2)
         self._init_decoder()
 
     def _init_decoder(self) -> None:
@@ -177,6 +178,15 @@ class MaskedAutoencoder(nn.Module):
         x = self.decoder_norm(x)
         return self.decoder_pred(x)[:, 1:]
 
+    def predict(
+        self, spec: torch.Tensor, generator: torch.Generator | None = None, mask_ratio: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask, encode, decode: ``(pred (B, L, p*p), mask (B, L))`` of a (B, 1, T, F) spectrogram batch."""
+        ratio = self.config.mask_ratio if mask_ratio is None else float(mask_ratio)
+        grid_t = spec.shape[2] // self.patch_size
+        latent, mask, ids_restore = self.forward_encoder(spec, ratio, generator)
+        return self.forward_decoder(latent, ids_restore, grid_t), mask
+
     def forward(
         self, spec: torch.Tensor, generator: torch.Generator | None = None, mask_ratio: float | None = None
     ) -> MAEOutput:
@@ -184,11 +194,8 @@ class MaskedAutoencoder(nn.Module):
 
         ``mask_ratio`` defaults to ``config.mask_ratio``; ``generator`` drives the masking.
         """
-        ratio = self.config.mask_ratio if mask_ratio is None else float(mask_ratio)
         spec = as_spectrogram_batch(spec, self.config)
-        grid_t = spec.shape[2] // self.patch_size
-        latent, mask, ids_restore = self.forward_encoder(spec, ratio, generator)
-        pred = self.forward_decoder(latent, ids_restore, grid_t)
+        pred, mask = self.predict(spec, generator, mask_ratio)
         loss = self.forward_loss(spec, pred, mask)
         return MAEOutput(loss, pred, mask)
 
@@ -203,11 +210,11 @@ class MaskedAutoencoder(nn.Module):
         module's current train/eval mode (call ``.eval()`` first for plots).
         """
         spec = as_spectrogram_batch(spec, self.config)
-        out = self.forward(spec, generator=generator, mask_ratio=mask_ratio)
+        pred, mask = self.predict(spec, generator, mask_ratio)
         _, mean, std = self.targets(spec)
-        recon = self.unpatchify(out.pred.float() * std + mean)
+        recon = self.unpatchify(pred.float() * std + mean)
         p2 = self.patch_size**2
-        mask = self.unpatchify(out.mask[:, :, None].expand(-1, -1, p2).float())
+        mask = self.unpatchify(mask[:, :, None].expand(-1, -1, p2).float())
         return Reconstruction(recon, mask)
 
     # ------------------------------------------------------------------ training helpers

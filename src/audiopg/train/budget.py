@@ -23,9 +23,10 @@ UNTIMED_STEPS = 2  # steps run before timing (allocations, compilation)
 
 def calibrate(runner: StepRunner, data: SynthSpectrograms, config: PretrainConfig, rank: int,
               sync: Callable[[list[float]], Any], should_stop: Callable[[], bool]) -> float:
-    """Seconds per step, timed over ``config.fit_steps`` throwaway steps (after the untimed ones) on their own
-    draws, then undone: weights, optimizer state and the global RNGs are as before.  ``sync`` is called on
-    each step's loss (the all-reduce of a DDP step, so that its cost is timed too)."""
+    """Seconds per step, timed over ``config.fit_steps`` throwaway steps of the run's objective (after the
+    untimed ones) on their own draws, then undone: weights (the teacher's too), optimizer state and the global
+    RNGs are as before.  ``sync`` is called on each step's loss (the all-reduce of a DDP step, so that its cost
+    is timed too)."""
     model, optimizer, device = runner.model, runner.optimizer, runner.device
     saved_params = {k: v.detach().clone() for k, v in model.state_dict().items()}
     cuda_rng = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
@@ -33,13 +34,14 @@ def calibrate(runner: StepRunner, data: SynthSpectrograms, config: PretrainConfi
     gen = data.generator(derive_seed(config.seed, rank, "calibrate"))
     mask_gen = torch.Generator(device=device).manual_seed(derive_seed(config.seed, rank, "calibrate-mask"))
     times = []
+    n_steps = UNTIMED_STEPS + config.fit_steps
     with Prefetcher(data, config.batch_size, gen, config.prefetch) as prefetch:
-        for i in range(UNTIMED_STEPS + config.fit_steps):
+        for i in range(n_steps):
             t = time.perf_counter()
-            x, _, _ = prefetch.next()
-            loss, _ = runner.forward_backward(x, mask_gen)
+            batch, _, _ = prefetch.next()
+            loss, _, _ = runner.forward_backward(batch, mask_gen)
             sync([float(loss.item())])
-            runner.apply(0.0)
+            runner.apply(0.0, i, n_steps)
             if i >= UNTIMED_STEPS:
                 times.append(time.perf_counter() - t)
             if should_stop():

@@ -26,6 +26,7 @@ from audiopg.core.config import (
 )
 from audiopg.core.errors import ConfigError
 from audiopg.model.config import MODEL_PRESETS, ModelConfig
+from audiopg.model.objectives import ObjectiveConfig
 from audiopg.synth import WorldConfig, load_world_config
 
 __all__ = [
@@ -140,6 +141,13 @@ class PretrainConfig:
     prefetch: bool = True  # synthesize the next batch in a background thread while the model trains
     fit_steps: int = 6  # minutes mode: throwaway steps timed (after 2 untimed ones) for the first fit of the steps
     progress: bool = True  # show a progress bar (loss, clips/s, time left)
+    # the objective (docs/training.md, "Objectives"); checked by audiopg.model.objectives.ObjectiveConfig
+    objective: str = "mae"  # mae (normalized-pixel MAE), mae+factors, latent (EMA-teacher features), latent+factors
+    masks_per_clip: int = 1  # independent masks of every clip per step: batch_size x masks_per_clip masked views
+    factor_loss_weight: float = 0.1  # +factors: weight of the mean factor-head loss added to the main loss
+    ema_decay: tuple[float, float] = (0.99, 0.999)  # latent: teacher EMA decay at the first and last step (linear)
+    latent_target_layers: int | None = None  # latent: top teacher blocks averaged into the target (None: all)
+    utterance_loss_weight: float = 1.0  # latent: weight of EAT's CLS-vs-mean-target loss (0: off)
 
     def __post_init__(self) -> None:
         for key, kind, example in (("model", ModelChoice, "tiny"), ("world", WorldChoice, "paper")):
@@ -193,6 +201,7 @@ class PretrainConfig:
         for key in ("compile", "prefetch", "progress"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(key, f"expected true or false, got {getattr(self, key)!r}")
+        self.objective_config().check_model(self.model_config())
         if not isinstance(self.device, str) or not self.device:
             raise ConfigError("device", f"expected a device name like auto, cpu or cuda, got {self.device!r}")
         if self.device != "auto":
@@ -225,6 +234,10 @@ class PretrainConfig:
     def model_config(self) -> ModelConfig:
         """The :class:`~audiopg.model.ModelConfig`: the preset with ``model.*`` fields replaced."""
         return self.model.config()
+
+    def objective_config(self) -> ObjectiveConfig:
+        """The :class:`~audiopg.model.objectives.ObjectiveConfig` of these keys (validated there)."""
+        return ObjectiveConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(ObjectiveConfig)})
 
     def world_config(self, model_config: ModelConfig | None = None) -> WorldConfig:
         """The :class:`~audiopg.synth.WorldConfig`; ``seconds`` defaults to the model's ``num_frames`` frames."""

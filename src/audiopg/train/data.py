@@ -7,15 +7,22 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import torch
 
 from audiopg.audio.fbank import Fbank, FbankConfig, FbankStats
+from audiopg.model.factor_heads import FactorTarget, factor_values
 from audiopg.synth import World, WorldConfig
 
-__all__ = ["STATS_BATCH", "SynthSpectrograms", "compute_fbank_stats"]
+__all__ = ["Batch", "STATS_BATCH", "SynthSpectrograms", "compute_fbank_stats"]
 
 STATS_BATCH = 64  # clips per draw when measuring the stats (fixed: the stats must not depend on batch_size)
+
+
+class Batch(NamedTuple):
+    spec: torch.Tensor  # (B, T, F) float32 normalized log-mel
+    factors: dict[str, torch.Tensor]  # the factor heads' targets of the same clips (empty without targets)
 
 
 class SynthSpectrograms:
@@ -24,12 +31,15 @@ class SynthSpectrograms:
     ``T`` is ``fbank_config.target_frames`` (the model's ``num_frames``; clips are
     cropped or padded with each clip's mean frame) and ``F`` its ``num_mel_bins``.
 
+    With ``targets`` (:func:`~audiopg.model.factor_heads.world_factor_targets`), :meth:`draw` also returns the
+    clips' factor targets, taken from the factors the world drew for them (no further random draw).
+
     >>> data = SynthSpectrograms(world_cfg, FbankConfig(target_frames=256), stats, "cpu")
     >>> x = data.batch(64, torch.Generator().manual_seed(0))   # (64, 256, 128)
     """
 
     def __init__(self, world_config: WorldConfig, fbank_config: FbankConfig, stats: FbankStats,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", targets: tuple[FactorTarget, ...] = ()):
         if fbank_config.sample_rate != world_config.sample_rate:
             raise ValueError(
                 f"fbank sample_rate {fbank_config.sample_rate} differs from the world's {world_config.sample_rate}"
@@ -39,6 +49,7 @@ class SynthSpectrograms:
         self.fbank = Fbank(fbank_config).to(self.device)
         self.fbank_config = fbank_config
         self.stats = stats
+        self.targets = targets
 
     @property
     def world_config(self) -> WorldConfig:
@@ -56,7 +67,14 @@ class SynthSpectrograms:
     @torch.no_grad()
     def batch(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """Normalized log-mel ``(n, T, F)`` float32: ``(x - mean) / (2 std)`` with the world's stats."""
-        return self.stats.normalize(self.log_mel(n, generator)).float().contiguous()
+        return self.draw(n, generator).spec
+
+    @torch.no_grad()
+    def draw(self, n: int, generator: torch.Generator) -> Batch:
+        """``n`` fresh clips: their normalized log-mel (as :meth:`batch`) and factor targets (as ``targets``)."""
+        clips = self.world.sample(n, generator)
+        spec = self.stats.normalize(self.fbank(clips.audio)).float().contiguous()
+        return Batch(spec, factor_values(self.targets, clips.factors) if self.targets else {})
 
 
 @torch.no_grad()

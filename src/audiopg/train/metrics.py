@@ -24,7 +24,8 @@ def open_tensorboard(path: Path):
 
 class StepLog:
     """One session's step records.  With ``write`` (rank 0): a line per step appended to ``metrics.jsonl``
-    (step, loss, lr, clips_per_s, elapsed, grad_norm), TensorBoard scalars when installed, and with ``progress``
+    (step, loss, lr, clips_per_s, elapsed, grad_norm, then ``loss_<part>`` for each part of a non-mae objective's
+    loss), TensorBoard scalars when installed, and with ``progress``
     a progress bar.  On every rank: the session's losses, clips/s and step times (the clock starts when the
     log is made)."""
 
@@ -42,8 +43,11 @@ class StepLog:
                             desc="pretrain", file=sys.stderr)
         self._t = time.perf_counter()
 
-    def record(self, step: int, loss: float, lr: float, grad_norm: float, elapsed: float) -> None:
-        """Step ``step`` (1-based) is done: time it since the last one and write it out."""
+    def record(self, step: int, loss: float, lr: float, grad_norm: float, elapsed: float,
+               parts: dict[str, float] | None = None) -> None:
+        """Step ``step`` (1-based) is done: time it since the last one and write it out (``parts``: the loss's
+        parts, e.g. ``{"latent": ..., "factors": ...}``)."""
+        parts = parts or {}
         now = time.perf_counter()
         self.step_times.append(now - self._t)
         rate = self.global_batch / max(now - self._t, 1e-9)
@@ -54,12 +58,15 @@ class StepLog:
         if self.file is not None:
             record = {"step": step, "loss": round(loss, 7), "lr": lr, "clips_per_s": round(rate, 2),
                       "elapsed": round(elapsed, 3), "grad_norm": round(grad_norm, 5)}
+            record.update({f"loss_{k}": round(v, 7) for k, v in parts.items()})
             self.file.write(json.dumps(record) + "\n")
             self.file.flush()
         if self.tb is not None:
             self.tb.add_scalar("loss", loss, step)
             self.tb.add_scalar("lr", lr, step)
             self.tb.add_scalar("clips_per_s", rate, step)
+            for k, v in parts.items():
+                self.tb.add_scalar(f"loss_{k}", v, step)
         if self.bar is not None:
             recent = self.rates[-20:] or [rate]
             self.bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{sum(recent) / len(recent):.1f}", refresh=False)

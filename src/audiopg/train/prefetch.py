@@ -15,7 +15,7 @@ __all__ = ["Prefetcher"]
 class Prefetcher:
     """Draws batches with one generator, one batch ahead in a background thread (or inline).
 
-    ``next()`` returns ``(x, state_before, state_after)``: the batch and the
+    ``next()`` returns ``(batch, state_before, state_after)``: the :class:`~audiopg.train.data.Batch` and the
     generator state before and after drawing it, so that a saved state can
     point at exactly the next batch to draw, whatever the thread has drawn
     since.  On CUDA the thread works on its own stream and the batch is handed
@@ -41,8 +41,8 @@ class Prefetcher:
 
     def _draw(self):
         before = self.generator.get_state()
-        x = self.data.batch(self.batch_size, self.generator)
-        return x, before, self.generator.get_state()
+        batch = self.data.draw(self.batch_size, self.generator)
+        return batch, before, self.generator.get_state()
 
     def _work(self) -> None:
         try:
@@ -76,7 +76,8 @@ class Prefetcher:
         if event is not None:
             current = torch.cuda.current_stream(self.device)
             current.wait_event(event)
-            item[0].record_stream(current)
+            for t in (item[0].spec, *item[0].factors.values()):
+                t.record_stream(current)
         return item
 
     def __enter__(self) -> Prefetcher:

@@ -1,4 +1,4 @@
-"""The pre-training loop: procedural clips -> log-mel -> masked autoencoder, with exact resume.
+"""The pre-training loop: procedural clips -> log-mel -> the objective's model (masked autoencoder...), exact resume.
 
 :func:`pretrain` runs one session of a run (fresh or resumed) in its folder.  The loop, the run folder, resume,
 budgets, DDP and signals are described in docs/training.md ("Pre-training").
@@ -20,8 +20,9 @@ import torch
 
 from audiopg.audio.fbank import FbankStats
 from audiopg.core.device import DistInfo, setup_distributed
-from audiopg.core.errors import AudioPGError
+from audiopg.core.errors import AudioPGError, ConfigError
 from audiopg.core.schedule import lr_at
+from audiopg.model.factor_heads import world_factor_targets
 from audiopg.train.budget import calibrate, make_plan, refit_plan, timed_mean
 from audiopg.train.config import PretrainConfig
 from audiopg.train.data import SynthSpectrograms, compute_fbank_stats
@@ -139,18 +140,19 @@ class Trainer:
             while self.step < total:
                 step = self.step
                 lr = lr_at(step, cfg.lr, cfg.min_lr, self.plan["warmup_steps"], total)
-                x, world_before, world_after = prefetch.next()
+                batch, world_before, world_after = prefetch.next()
                 rng_before = self._rng_state(world_before)  # to save the state after `step` steps, if this one fails
 
-                loss_t, norm_t = self.runner.forward_backward(x, self.mask_gen)
+                loss_t, norm_t, parts_t = self.runner.forward_backward(batch, self.mask_gen)
                 loss, norm = float(loss_t.item()), float(norm_t.item())
-                mean_loss, any_bad, stop, save_due = self._agree(loss, norm)
+                parts = dict(zip(parts_t, torch.stack(list(parts_t.values())).tolist())) if parts_t else {}
+                mean_loss, parts, any_bad, stop, save_due = self._agree(loss, norm, parts)
                 if any_bad:
                     self._stop_nonfinite(step, total, lr, loss, norm, rng_before)
-                self.runner.apply(lr)
+                self.runner.apply(lr, step, total)
                 self.step = step + 1
 
-                log.record(self.step, mean_loss, lr, norm, self._elapsed())
+                log.record(self.step, mean_loss, lr, norm, self._elapsed(), parts)
                 stop = self._call_on_step(mean_loss) or stop
                 if self.plan.get("refit_at_step") == self.step:
                     total = self._refit(log.step_times)
@@ -190,14 +192,19 @@ class Trainer:
         """Data, model, optimizer, step runner and the two generators (world draws, masks) of this rank."""
         cfg = self.config
         self.described = describe_run(self.model_config, self.world_config, self.fbank_config, self.stats)
-        self.data = SynthSpectrograms(self.world_config, self.fbank_config, self.stats, self.device)
-        self.model = build_model(cfg, self.device)
+        targets = world_factor_targets(self.world_config) if cfg.objective_config().factors else ()
+        if cfg.objective_config().factors and not targets:
+            raise ConfigError("objective", f"{cfg.objective}: the world draws no factor the heads could predict")
+        self.data = SynthSpectrograms(self.world_config, self.fbank_config, self.stats, self.device, targets)
+        self.model = build_model(cfg, self.device, targets)
         self.optimizer = build_optimizer(self.model, cfg, self.device)
         self.runner = StepRunner(self.model, self.optimizer, cfg, self.device, self.dist)
         self.world_gen = self.data.generator(self.world_seed)
         self.mask_gen = torch.Generator(device=self.device).manual_seed(self.mask_seed)
-        n_params = sum(p.numel() for p in self.model.parameters())
+        n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
         n_enc = sum(p.numel() for p in self.model.encoder.parameters())
+        heads = f" ({', '.join(t.name for t in targets)})" if targets else ""
+        self.log(f"objective {cfg.objective}{heads}, {cfg.masks_per_clip} mask(s) per clip")
         self.log(f"model {cfg.preset}: {n_params / 1e6:.2f} M params ({n_enc / 1e6:.2f} M encoder); "
                  f"clips of {self.world_config.seconds:g} s -> {self.model_config.num_frames} x "
                  f"{self.model_config.num_mel_bins} log-mel; batch {cfg.batch_size} x {self.dist.world_size} "
@@ -235,15 +242,18 @@ class Trainer:
         return step
 
     # ------------------------------------------------------------------ steps
-    def _agree(self, loss: float, norm: float) -> tuple[float, bool, bool, bool]:
-        """One all-reduce per step: the loss averaged over ranks; whether any rank's loss or gradient norm is not
-        finite, any rank is stopping (signal or request), rank 0's periodic save is due."""
+    def _agree(self, loss: float, norm: float,
+               parts: dict[str, float]) -> tuple[float, dict[str, float], bool, bool, bool]:
+        """One all-reduce per step: the loss and its parts averaged over ranks; whether any rank's loss or
+        gradient norm is not finite, any rank is stopping (signal or request), rank 0's periodic save is due."""
         bad = not (math.isfinite(loss) and math.isfinite(norm))
         stopping = self._stopping()
         save_due = self.dist.is_main and time.monotonic() - self._last_save >= self.config.save_every_minutes * 60.0
-        loss_sum, n_bad, n_stop, n_save = self._all_reduce([0.0 if bad else loss, float(bad), float(stopping),
-                                                            float(save_due)])
-        return loss_sum / self.dist.world_size, n_bad > 0, n_stop > 0, n_save > 0
+        values = [0.0 if bad else v for v in parts.values()]
+        loss_sum, n_bad, n_stop, n_save, *part_sums = self._all_reduce(
+            [0.0 if bad else loss, float(bad), float(stopping), float(save_due), *values])
+        n = self.dist.world_size
+        return loss_sum / n, {k: v / n for k, v in zip(parts, part_sums)}, n_bad > 0, n_stop > 0, n_save > 0
 
     def _stop_nonfinite(self, step: int, total: int, lr: float, loss: float, norm: float,
                         rng_before: dict) -> NoReturn:
@@ -306,10 +316,13 @@ class Trainer:
             write_config_json(self.run_dir, self.config, self.plan, self.described, self.device)
 
     def _write_outputs(self) -> Path:
-        """Rank 0, at the end: the encoder and the reconstruction figure."""
+        """Rank 0, at the end: the encoder and (pixel objectives) the reconstruction figure."""
         enc = write_encoder(self.run_dir, self.model.encoder, self.config, self.plan, self.described, self.device,
                             self.step, self.step * self.global_batch, self._elapsed())
-        write_reconstructions(self.run_dir / RECON_FILE, self.model, self.data, self.config.seed, self.step)
+        if self.config.objective_config().latent:
+            self.log(f"no {RECON_FILE}: the {self.config.objective} objective has no pixel decoder")
+        else:
+            write_reconstructions(self.run_dir / RECON_FILE, self.model, self.data, self.config.seed, self.step)
         return enc
 
     def _already_finished(self, total: int) -> PretrainResult:
@@ -330,7 +343,8 @@ class Trainer:
             self.log(f"done: {self.step} steps, {self.step * self.global_batch} clips, final loss "
                      f"{final_loss:.4f}, {clips_per_s or float('nan'):.1f} clips/s, "
                      f"{self._elapsed() / 60:.1f} min in all")
-            self.log(f"outputs in {self.run_dir}/: {enc.name} (encoder), {RECON_FILE}, {METRICS_FILE}, "
+            figure = "" if self.config.objective_config().latent else f"{RECON_FILE}, "
+            self.log(f"outputs in {self.run_dir}/: {enc.name} (encoder), {figure}{METRICS_FILE}, "
                      f"{CONFIG_FILE}, {STATE_FILE} (resumable state)")
         return PretrainResult(self.run_dir, status, self.step, total, final_loss, clips_per_s,
                               time.monotonic() - session_t0)
