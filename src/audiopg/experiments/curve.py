@@ -78,6 +78,18 @@ class CurveRecipe:
         return text
 
 
+# pre-training keys that change what is learned but not the random-init network, its pooling or its preprocessing
+OBJECTIVE_KEYS = ("objective", "masks_per_clip", "factor_loss_weight", "ema_decay", "latent_target_layers",
+                  "utterance_loss_weight", "lr", "min_lr", "batch_size", "warmup_fraction", "weight_decay")
+
+
+def _same_random_init(a: CurveRecipe, b: CurveRecipe) -> bool:
+    """True when two recipes' random-init references are the same network, pooling and preprocessing."""
+    def rest(r: CurveRecipe) -> set[str]:
+        return {o for o in r.overrides if o.split("=", 1)[0] not in OBJECTIVE_KEYS}
+    return (a.layer, a.pool) == (b.layer, b.pool) and rest(a) == rest(b)
+
+
 PAPER = CurveRecipe("paper")  # the default pre-training (paper world), mean-pooled final layer
 
 
@@ -304,6 +316,10 @@ def run_curve(
         info = train_run(config_of(recipe, point, seed), run_dir, log)
         info.update(run_dir=str(run_dir), minutes=point.minutes, nominal_steps=point.steps, matched=point.matched,
                     scores={}, finetune={})
+        twin = next((r for r in recipes if r.name in summary["random"] and _same_random_init(r, recipe)), None)
+        if recipe.name not in summary["random"] and twin is not None:  # the objective changes no untrained weight
+            summary["random"][recipe.name] = {t: {**res, "shared_with": twin.name}
+                                              for t, res in summary["random"][twin.name].items()}
         if recipe.name not in summary["random"]:  # the random-init reference, once per recipe (its architecture,
             summary["random"][recipe.name] = {}   # pooling and preprocessing: those of the recipe's first run)
             for t, ds in datasets.items():
