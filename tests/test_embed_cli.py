@@ -283,3 +283,16 @@ def test_model_card_without_results_or_training_facts(tmp_path):
     custom = model_card_text({**meta, "world": world}, {"probe": 0.5})
     assert "custom (matches no built-in preset)" in custom and "| peak normalization | no |" in custom
     assert "| probe | 0.5 |" in custom
+
+
+def test_model_card_states_the_objective_and_the_default_embedding(tmp_path):
+    meta = metadata(MODEL_PRESETS["tiny"])
+    card = model_card_text(meta)
+    assert "| pre-training objective | not recorded |" in card
+    assert "| default embedding | the final output, mean pooling (the library default) |" in card
+    old_run = model_card_text({**meta, "train": {"lr": 1e-3}})  # a run from before objectives: plain mae
+    assert "| pre-training objective | mae |" in old_run
+    chosen = model_card_text({**meta, "train": {"objective": "latent", "masks_per_clip": 4},
+                              "embedding": {"layer": "concat", "pool": "meanstd"}})
+    assert "| pre-training objective | latent, 4 masks per clip |" in chosen
+    assert "| default embedding | every block, concatenated, meanstd pooling |" in chosen

@@ -22,7 +22,8 @@ from audiopg.cli import pretrain as train_cli
 from audiopg.core.errors import CheckpointError, ConfigError
 from audiopg.core.schedule import lr_at
 from audiopg.model import MaskedAutoencoder, ViTEncoder
-from audiopg.model.checkpoint import load_encoder_file
+from audiopg.model.checkpoint import load_encoder_file, read_metadata
+from audiopg.model.encoder import Encoder
 from audiopg.synth import World
 from audiopg.train.config import PretrainConfig, build_pretrain_config, warmup_steps_for
 from audiopg.train.data import SynthSpectrograms, compute_fbank_stats
@@ -382,3 +383,16 @@ def test_pretrain_is_registered_with_the_main_cli():
     train_cli.register(sub)
     args = parser.parse_args(["pretrain", "--preset", "tiny", "--minutes", "8", "--out", "runs/tiny"])
     assert args.func is train_cli.run and args.minutes == 8.0 and args.out == "runs/tiny"
+
+
+def test_a_run_records_its_default_embedding(reference_run, tmp_path):
+    from_file = read_metadata(reference_run / "encoder.safetensors")["embedding"]
+    assert from_file == {"layer": -1, "pool": "meanstd"}  # PretrainConfig.embedding_pool's default
+    enc = Encoder.from_pretrained(reference_run)
+    assert (enc.default_layer, enc.default_pool) == (-1, "meanstd")
+    assert enc.embed(torch.zeros(1, 4000), 16000).scene.shape == (1, 2 * enc.embedding_size)
+    run = tmp_path / "mean"
+    pretrain(tiny(steps=2, embedding_pool="mean"), run, log=quiet)
+    assert read_metadata(run / "encoder.safetensors")["embedding"]["pool"] == "mean"
+    with pytest.raises(ConfigError, match="embedding_pool"):
+        tiny(embedding_pool="max")

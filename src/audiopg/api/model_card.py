@@ -18,6 +18,7 @@ from audiopg.audio.fbank import FbankConfig
 from audiopg.core.config import from_dict, to_dict
 from audiopg.core.io import atomic_write_text
 from audiopg.model.config import MODEL_PRESETS, ModelConfig
+from audiopg.model.encoder import DEFAULT_LAYER, DEFAULT_POOL
 from audiopg.model.vit import ViTEncoder
 from audiopg.synth.config import list_presets, load_world_config
 
@@ -136,6 +137,23 @@ def _model_facts(model: Mapping[str, Any]) -> tuple[str, int | None]:
     return preset, params
 
 
+def _objective(meta: Mapping[str, Any]) -> str:
+    """The run's objective and masks per clip; runs from before objectives existed trained plain ``mae``."""
+    train = meta.get("train")
+    if not isinstance(train, Mapping):
+        return NOT_RECORDED
+    masks = train.get("masks_per_clip", 1)
+    return f"{train.get('objective', 'mae')}" + (f", {masks} masks per clip" if masks != 1 else "")
+
+
+def _embedding(meta: Mapping[str, Any]) -> str:
+    """What ``Encoder.embed`` returns when no layer or pooling is asked for."""
+    chosen = meta.get("embedding") if isinstance(meta.get("embedding"), Mapping) else {}
+    layer, pool = chosen.get("layer", DEFAULT_LAYER), chosen.get("pool", DEFAULT_POOL)
+    where = "the final output" if layer == -1 else ("every block, concatenated" if layer == "concat" else f"block {layer}")
+    return f"{where}, {pool} pooling" + ("" if chosen else " (the library default)")
+
+
 def _high_freq(fbank: Mapping[str, Any]) -> str:
     """The upper mel edge in Hz, resolving Kaldi's "<= 0 is an offset from Nyquist" convention."""
     try:
@@ -228,7 +246,9 @@ def model_card_text(metadata: Mapping[str, Any], results: Any = None, *, name: s
         ("patch", f"{_fmt(patch)} x {_fmt(patch)} (frames x mel bins)"),
         ("input window", f"{_fmt(frames)} frames x {_fmt(model.get('num_mel_bins'))} mel bins"
          + (f" ({window_s:g} s)" if window_s is not None else "")),
+        ("pre-training objective", _objective(meta)),
         ("pre-training mask ratio", _fmt(model.get("mask_ratio"))),
+        ("default embedding", _embedding(meta)),
         ("decoder (discarded)", f"{_fmt(model.get('decoder_depth'))} blocks of width {_fmt(model.get('decoder_embed_dim'))}"),
     ]
     lines += _table(arch, ("setting", "value")) + [""]

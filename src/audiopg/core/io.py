@@ -18,13 +18,6 @@ def file_mode() -> int:
     return 0o666 & ~umask
 
 
-def make_readable(path: str | os.PathLike) -> Path:
-    """Give a file written through a private temp file the usual permissions."""
-    with contextlib.suppress(OSError):
-        os.chmod(path, file_mode())
-    return Path(path)
-
-
 def _write_temp(path: Path, write: Callable[[IO[bytes]], Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import nn
 from tqdm import tqdm
 
@@ -36,7 +36,7 @@ from audiopg.core.config import (
 )
 from audiopg.core.device import resolve_device
 from audiopg.core.errors import AudioFileError, AudioPGError, ConfigError
-from audiopg.core.io import atomic_write_text, file_sha256, make_readable
+from audiopg.core.io import atomic_write_bytes, atomic_write_text, file_sha256
 from audiopg.core.schedule import lr_at
 from audiopg.eval.datasets.base import MULTI, REGRESSION, SINGLE, Dataset, Split
 from audiopg.eval.metrics import FoldResult, ModelResult, task_score
@@ -453,12 +453,8 @@ def _evaluate(model: FinetuneModel, feats: ClipFeatures, index: np.ndarray, fram
 
 # ----------------------------------------------------------------------------- the run
 def _save_model(path: Path, model: FinetuneModel, meta: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"audiopg_finetune": json.dumps(meta)})
-    make_readable(tmp)  # safetensors writes 0600 files
-    os.replace(tmp, path)
+    atomic_write_bytes(path, save(tensors, metadata={"audiopg_finetune": json.dumps(meta)}))
 
 
 def _append_jsonl(path: Path, record: dict) -> None:

@@ -20,16 +20,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from audiopg.core.errors import CheckpointError
-from audiopg.core.io import file_mode
+from audiopg.core.io import atomic_write_bytes
 
 FORMAT_VERSION = 1
 METADATA_KEY = "audiopg"
@@ -42,18 +41,8 @@ def save_encoder(path: str | os.PathLike, state_dict: dict[str, torch.Tensor], m
     missing = [k for k in REQUIRED_KEYS if k not in metadata]
     if missing:
         raise ValueError(f"encoder metadata lacks {', '.join(missing)}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={METADATA_KEY: json.dumps(metadata)})
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, save(tensors, metadata={METADATA_KEY: json.dumps(metadata)}))
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any]:

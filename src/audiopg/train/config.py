@@ -26,6 +26,7 @@ from audiopg.core.config import (
 )
 from audiopg.core.errors import ConfigError
 from audiopg.model.config import MODEL_PRESETS, ModelConfig
+from audiopg.model.encoder import POOLS
 from audiopg.model.objectives import ObjectiveConfig
 from audiopg.synth import WorldConfig, load_world_config
 
@@ -50,7 +51,7 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 # Keys that may differ when a run is resumed (they do not change what is computed).
-RESUME_MAY_CHANGE = ("device", "progress", "save_every_minutes")
+RESUME_MAY_CHANGE = ("device", "progress", "save_every_minutes", "embedding_pool")
 
 # A model's clip length is its num_frames at the fbank's hop (fbank_config keeps the default hop): tiny 2.56 s.
 FRAME_SHIFT_S = FbankConfig().frame_shift_ms / 1000
@@ -148,6 +149,9 @@ class PretrainConfig:
     ema_decay: tuple[float, float] = (0.99, 0.999)  # latent: teacher EMA decay at the first and last step (linear)
     latent_target_layers: int | None = None  # latent: top teacher blocks averaged into the target (None: all)
     utterance_loss_weight: float = 1.0  # latent: weight of EAT's CLS-vs-mean-target loss (0: off)
+    # recorded in encoder.safetensors as the model's default embedding (Encoder.embed without layer/pool);
+    # meanstd measured better than mean on every probe (BENCHMARKS.md, "Pooling")
+    embedding_pool: str = "meanstd"  # mean, cls or meanstd (mean and std over time of the final output)
 
     def __post_init__(self) -> None:
         for key, kind, example in (("model", ModelChoice, "tiny"), ("world", WorldChoice, "paper")):
@@ -198,6 +202,8 @@ class PretrainConfig:
             raise ConfigError("save_every_minutes", f"must be > 0, got {self.save_every_minutes}")
         if self.fit_steps < 1:
             raise ConfigError("fit_steps", f"must be >= 1, got {self.fit_steps}")
+        if self.embedding_pool not in POOLS:
+            raise ConfigError("embedding_pool", f"expected one of {', '.join(POOLS)}, got {self.embedding_pool!r}")
         for key in ("compile", "prefetch", "progress"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(key, f"expected true or false, got {getattr(self, key)!r}")
