@@ -118,6 +118,9 @@ class WorldChoice(_PresetChoice):
             raise ConfigError(key, str(err).split(": ", 1)[1]) from None
 
 
+_OBJECTIVE = ObjectiveConfig()  # the objective's defaults, written once
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Everything a pre-training run needs; ``__post_init__`` validates and names the bad key."""
@@ -142,13 +145,13 @@ class PretrainConfig:
     prefetch: bool = True  # synthesize the next batch in a background thread while the model trains
     fit_steps: int = 6  # minutes mode: throwaway steps timed (after 2 untimed ones) for the first fit of the steps
     progress: bool = True  # show a progress bar (loss, clips/s, time left)
-    # the objective (docs/training.md, "Objectives"); checked by audiopg.model.objectives.ObjectiveConfig
-    objective: str = "mae"  # mae (normalized-pixel MAE), mae+factors, latent (EMA-teacher features), latent+factors
-    masks_per_clip: int = 1  # independent masks of every clip per step: batch_size x masks_per_clip masked views
-    factor_loss_weight: float = 0.1  # +factors: weight of the mean factor-head loss added to the main loss
-    ema_decay: tuple[float, float] = (0.99, 0.999)  # latent: teacher EMA decay at the first and last step (linear)
-    latent_target_layers: int | None = None  # latent: top teacher blocks averaged into the target (None: all)
-    utterance_loss_weight: float = 1.0  # latent: weight of EAT's CLS-vs-mean-target loss (0: off)
+    # the objective (docs/training.md, "Objectives"); defaults and checks are ObjectiveConfig's (model/objectives.py)
+    objective: str = _OBJECTIVE.objective  # mae (normalized pixels), mae+factors, latent (EMA teacher), latent+factors
+    masks_per_clip: int = _OBJECTIVE.masks_per_clip  # masks of every clip per step: batch_size x masks_per_clip views
+    factor_loss_weight: float = _OBJECTIVE.factor_loss_weight  # +factors: weight of the mean factor-head loss
+    ema_decay: tuple[float, float] = _OBJECTIVE.ema_decay  # latent: teacher EMA decay at the first and last step
+    latent_target_layers: int | None = _OBJECTIVE.latent_target_layers  # latent: top teacher blocks averaged (None=all)
+    utterance_loss_weight: float = _OBJECTIVE.utterance_loss_weight  # latent: EAT's CLS-vs-mean-target loss (0: off)
     # recorded in encoder.safetensors as the model's default embedding (Encoder.embed without layer/pool);
     # meanstd measured better than mean on every probe (BENCHMARKS.md, "Pooling")
     embedding_pool: str = "meanstd"  # mean, cls or meanstd (mean and std over time of the final output)
