@@ -23,11 +23,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from audiopg.cli.common import stderr_log, threads_arg
+from audiopg.cli.common import experiment_args, stderr_log
 from audiopg.core.device import set_torch_threads
 from audiopg.core.errors import AudioPGError, ConfigError
 from audiopg.experiments.curve import PAPER, format_table, parse_recipe, run_curve
-from audiopg.experiments.transfer import PROBE_TASKS, RunInterrupted
+from audiopg.experiments.transfer import RunInterrupted
 
 
 def _numbers(text: str, kind: type, flag: str) -> list:
@@ -57,22 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "compared with it (default paper; 'none': no step-matched runs)")
     p.add_argument("--seeds", type=int, default=1, help="seeds per budget (default 1)")
     p.add_argument("--largest-seeds", type=int, default=2, help="seeds at the largest budget (default 2)")
-    p.add_argument("--tasks", default=",".join(PROBE_TASKS), help=f"comma-separated subset of {','.join(PROBE_TASKS)}")
     p.add_argument("--no-finetune", action="store_true", help="probes only, no fine-tuning at the largest budget")
     p.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value of both fine-tuning recipes (repeatable), e.g. folds=2")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="pre-training setting of every run, as in `audiopg pretrain --set` (repeatable)")
-    p.add_argument("--model-preset", default="tiny", help="model preset of every run (default tiny)")
-    p.add_argument("--data-root", type=Path, default=None,
-                   help="shared evaluation data holding fsdd/ and esc50-fold4/ (default $AUDIOPG_DATA or "
-                        "../shared/data beside the checkout)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda ... (training, probing, fine-tuning)")
-    p.add_argument("--probe-batch-size", type=int, default=32, help="encoder windows per forward pass when probing")
-    p.add_argument("--cache-dir", default=None,
-                   help="embedding cache of the probes (default audiopg's; 'none' disables)")
-    p.add_argument("--threads", type=threads_arg, default="auto", help="torch CPU threads, or auto (default)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    experiment_args(p)
     return p
 
 

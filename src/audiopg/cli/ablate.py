@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from audiopg.cli.common import stderr_log, threads_arg
+from audiopg.cli.common import experiment_args, stderr_log
 from audiopg.core.device import set_torch_threads
 from audiopg.core.errors import ConfigError
 from audiopg.experiments.ablate import (
@@ -22,7 +22,7 @@ from audiopg.experiments.ablate import (
     parse_variant,
     run_ablation,
 )
-from audiopg.experiments.transfer import PROBE_TASKS, RunInterrupted
+from audiopg.experiments.transfer import RunInterrupted
 
 DESCRIPTION = """\
 Pre-train one model per world variant and seed with the same budget, probe every
@@ -59,25 +59,11 @@ def register(subparsers) -> None:
     length.add_argument("--steps", type=int, help="optimizer steps of every pre-training run")
     p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per variant (default 2)")
     p.add_argument("--out", required=True, type=Path, help="ablation folder (created, or continued)")
-    p.add_argument("--data-root", type=Path, default=None,
-                   help="shared evaluation data holding fsdd/ and esc50-fold4/ (default $AUDIOPG_DATA or "
-                        "../shared/data beside the checkout)")
-    p.add_argument("--tasks", default=",".join(PROBE_TASKS), help=f"comma-separated subset of {','.join(PROBE_TASKS)}")
-    p.add_argument("--model-preset", default="tiny", help="model preset of every run (default tiny)")
-    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
-                   help="pre-training setting of every run, as in `audiopg pretrain --set` (repeatable), "
-                        "e.g. batch_size=32, model.depth=2, world.seconds=1.28")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ... (training and probing)")
-    p.add_argument("--probe-batch-size", type=int, default=32, help="encoder windows per forward pass when probing")
-    p.add_argument("--cache-dir", default=None,
-                   help="embedding cache of the probes (default audiopg's; 'none' disables)")
-    p.add_argument("--threads", type=threads_arg, default="auto", help="torch CPU threads, or auto (1 on a busy machine; default)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    experiment_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-
     log = stderr_log()
     if args.variants is not None:
         if args.without is not None:

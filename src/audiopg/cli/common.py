@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Callable
 
+from audiopg.experiments.transfer import PROBE_TASKS
 from audiopg.model.encoder import parse_layer
 
 
@@ -36,3 +38,22 @@ def layer_arg(text: str) -> int | str:
         return parse_layer(text)
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"--{err}") from None
+
+
+def experiment_args(p: argparse.ArgumentParser) -> None:
+    """The options every pre-train-and-probe study takes (``audiopg ablate``, benchmarks/transfer_curve.py)."""
+    p.add_argument("--tasks", default=",".join(PROBE_TASKS), help=f"comma-separated subset of {','.join(PROBE_TASKS)}")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="pre-training setting of every run, as in `audiopg pretrain --set` (repeatable), "
+                        "e.g. batch_size=32, model.depth=2")
+    p.add_argument("--model-preset", default="tiny", help="model preset of every run (default tiny)")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="shared evaluation data holding fsdd/ and esc50-fold4/ (default $AUDIOPG_DATA or "
+                        "../shared/data beside the checkout)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ... (training and probing)")
+    p.add_argument("--probe-batch-size", type=int, default=32, help="encoder windows per forward pass when probing")
+    p.add_argument("--cache-dir", default=None,
+                   help="embedding cache of the probes (default audiopg's; 'none' disables)")
+    p.add_argument("--threads", type=threads_arg, default="auto",
+                   help="torch CPU threads, or auto (1 on a busy machine; default)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
