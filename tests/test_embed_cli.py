@@ -125,8 +125,7 @@ def test_embed_meanstd_concat_and_layer_all_refused(run_dir, audio_dir, tmp_path
     assert main(["embed", str(audio_dir), "--checkpoint", str(run_dir), "--out", str(tmp_path / "e"), "--layer",
                  "-1", "--pool", "meanstd", "--no-progress"]) == 0
     np.testing.assert_allclose(np.load(tmp_path / "e.npy")[:, :16], np.load(tmp_path / "emb.npy")[:, 32:48], atol=1e-5)
-    with pytest.raises(SystemExit):
-        main(["embed", str(audio_dir), "--checkpoint", str(run_dir), "--out", str(out), "--layer", "all"])
+    assert main(["embed", str(audio_dir), "--checkpoint", str(run_dir), "--out", str(out), "--layer", "all"]) == 2
     assert "--layer must be" in capsys.readouterr().err
 
 
@@ -156,7 +155,7 @@ def test_skip_bad_lists_the_skipped_files(run_dir, audio_dir, tmp_path, capsys):
     (audio_dir / "corrupt.wav").unlink()
     (audio_dir / "empty.wav").unlink()
     assert main(["embed", str(audio_dir), "--checkpoint", str(run_dir), "--out", str(out), "--skip-bad",
-                 "--no-progress"]) == 0
+                 "--no-progress", "--overwrite"]) == 0
     assert not (tmp_path / "emb.errors.csv").exists()
     assert no_temp_files(tmp_path)
 
@@ -218,9 +217,9 @@ def test_export_copies_files_and_writes_the_card(run_dir, tmp_path, capsys):
         assert fact in card, fact
     assert "No results measured yet" not in card
     assert Encoder.from_pretrained(model_dir).embedding_size == 16
-    # an existing model folder is not overwritten without --force
+    # an existing model folder is not overwritten without --overwrite (or its alias --force)
     assert main(["export", str(run_dir), "--out", str(model_dir)]) == 2
-    assert "--force" in capsys.readouterr().err
+    assert "--overwrite" in capsys.readouterr().err
     assert main(["export", str(run_dir), "--out", str(model_dir), "--force"]) == 0
     assert "No results measured yet" in (model_dir / "README.md").read_text()  # run folder has no results.json
 

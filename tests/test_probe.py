@@ -258,7 +258,7 @@ def test_probe_cli(tmp_path, capsys):
     assert "handcrafted" in capsys.readouterr().out
     assert (tmp_path / "o" / "results.md").exists()
     args = parser.parse_args(["probe", "--task", "folder", "--data-root", str(data), "--out", str(tmp_path / "o"),
-                              "--quiet", "--cache-dir", "none"])
+                              "--quiet", "--cache-dir", "none", "--overwrite"])
     with pytest.raises(AudioPGError, match="--checkpoint"):
         args.func(args)
 

@@ -51,5 +51,5 @@ def test_stats_prints_and_writes_the_world_statistics(tmp_path, capsys):
     saved = json.loads(path.read_text())
     assert printed == saved
     assert -12 < saved["mean"] < 2 and 1 < saved["std"] < 8  # log-mel of peak-normalized clips
-    main(args)
+    main([*args, "--overwrite"])  # the file exists now
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["mean"] == saved["mean"]

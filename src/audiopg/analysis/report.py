@@ -39,9 +39,11 @@ from audiopg.analysis.probesets import (
     world_config_for_encoder,
 )
 from audiopg.analysis.real_audio import fsdd_clips, real_pitch_check
+from audiopg.audio.preview import clip_cards
 from audiopg.core.config import check_range
 from audiopg.core.errors import ConfigError
 from audiopg.core.io import atomic_write_json, atomic_write_text
+from audiopg.core.page import Page, markdown_images
 from audiopg.eval.report import jsonable
 from audiopg.model.encoder import Encoder
 
@@ -49,7 +51,7 @@ __all__ = ["AnalysisSettings", "analyze_layers", "embed_sets", "run_analysis", "
 
 MODEL_LABELS = {"trained": "trained", "random_init": "random init"}
 INTENSITY = ("event_level_db", "snr_db", "level_db")  # the factors the f0 direction is held against
-MINIMA = {"clips": 16, "bases": 2, "points": 3, "f0_points": 3, "folds": 2, "permutations": 0, "rank": 1,
+MINIMA = {"seed": 0, "clips": 16, "bases": 2, "points": 3, "f0_points": 3, "folds": 2, "permutations": 0, "rank": 1,
           "mi_units": 1, "batch_size": 1, "real_clips": 10}
 
 
@@ -75,6 +77,7 @@ class AnalysisSettings:
     fsdd: Path | None = None  # FSDD folder (None: looked for, see real_audio.find_fsdd)
     real_clips: int = 300  # real voiced segments to use at most
     no_real: bool = False  # skip the real-audio check
+    html: bool = False  # also write index.html: the report with its figures and a few probe clips (docs/pages.md)
 
     def __post_init__(self):
         for key, low in MINIMA.items():
@@ -140,7 +143,8 @@ def embed_sets(encoder: Encoder, sets: Sequence[ProbeSet], batch_size: int, chun
 # ----------------------------------------------------------------------------- the run
 def run_analysis(settings: AnalysisSettings, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
     """Analyse the encoder at ``settings.checkpoint`` (and a randomly initialized copy) and write
-    ``analysis.json``, ``report.md`` and the figures into ``settings.out``; returns the JSON document."""
+    ``analysis.json``, ``report.md`` and the figures into ``settings.out`` (with ``settings.html`` also
+    ``index.html``); returns the JSON document."""
     t0 = time.time()
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +202,8 @@ def run_analysis(settings: AnalysisSettings, log: Callable[[str], None] = lambda
         "checkpoint": str(settings.checkpoint),
         "model": {"depth": L, "embed_dim": encoder.embedding_size, "patch_size": encoder.config.patch_size},
         "window_seconds": encoder.window_seconds, "sample_rate": encoder.sample_rate,
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()
+                     if k != "out"},  # where it was written is not a setting (the CLI writes a temp folder first)
         "seed": settings.seed, "folds": settings.folds, "permutations": settings.permutations, "rank": settings.rank,
         "analysis_layer": layer,
         "probe_sets": {s.name: s.summary() for s in sets}, "skipped_sweeps": skipped,
@@ -210,6 +215,8 @@ def run_analysis(settings: AnalysisSettings, log: Callable[[str], None] = lambda
     doc = {"info": info, "models": results, "real_audio": real_note, "figures": figures}
     atomic_write_json(out / "analysis.json", jsonable(doc, skip_keys=("pred",)), indent=1)
     atomic_write_text(out / "report.md", markdown_report(info, results, real_note, figures))
+    if settings.html:
+        write_report_page(out, probe_clip_cards(sets[0]))
     log(f"wrote {out / 'report.md'}, {out / 'analysis.json'} and {len(figures)} figures in {timing['total_s']:.0f} s")
     return doc
 
@@ -253,6 +260,38 @@ def write_figures(out: Path, layer: int, sets: Sequence[ProbeSet], results: Mapp
         figures["real"] = "real_f0_transfer.png"
         plot_real_transfer(real_points, out / figures["real"])
     return figures
+
+
+# ----------------------------------------------------------------------------- index.html
+PAGE_CLIPS = 4  # probe clips shown on the page
+
+
+def probe_clip_cards(probe_set: ProbeSet, n: int = PAGE_CLIPS) -> list[dict[str, Any]]:
+    """Player, log-mel spectrogram and decoding targets of the first ``n`` clips of a probe set."""
+    n = min(n, len(probe_set))
+    factors = []
+    for i in range(n):
+        rec: dict[str, Any] = {}
+        for name, y in probe_set.targets.items():
+            if not probe_set.valid(name)[i]:
+                continue
+            classes = probe_set.classes.get(name, ())
+            rec[name] = (classes[int(y[i])] if int(y[i]) < len(classes) else int(y[i])) \
+                if probe_set.kind(name) == "categorical" else float(y[i])
+        factors.append(rec)
+    return clip_cards(probe_set.audio[:n], probe_set.sample_rate,
+                      [f"{probe_set.name} set, clip {i}" for i in range(n)], factors)
+
+
+def write_report_page(out: Path, clips: Sequence[dict[str, Any]] = ()) -> Path:
+    """``out/index.html``: ``out/report.md`` with its figures (files in ``out``) and the probe ``clips``."""
+    text = (out / "report.md").read_text()
+    page = Page.from_markdown(text, markdown_images(text, out))
+    if clips:
+        page.heading("Probe clips")
+        page.text("The first clips of the probe set, as the encoder heard them, with the targets decoded above.")
+        page.clips(clips)
+    return page.write(out / "index.html")
 
 
 # ----------------------------------------------------------------------------- report.md

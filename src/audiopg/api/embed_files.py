@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from audiopg.audio.io import AUDIO_EXTENSIONS, load_audio
+from audiopg.audio.io import AUDIO_EXTENSIONS, load_audio_noting
 from audiopg.core.errors import AudioFileError, AudioPGError
 from audiopg.core.io import atomic_group
 from audiopg.model.encoder import Encoder
@@ -69,6 +69,7 @@ class EmbeddedFiles:
     matrix: np.ndarray | None  # float32 (N, D), row i for rows[i]; None when no file could be read
     rows: list[tuple[str, float]] = field(default_factory=list)  # (path, duration in seconds)
     errors: list[tuple[str, str]] = field(default_factory=list)  # (path, message) of the files skipped
+    truncated: list[tuple[str, str]] = field(default_factory=list)  # (path, warning) of files shorter than promised
     layer: int | str = -1  # the pooling used (the encoder's default when the call named none)
     pool: str = "mean"
 
@@ -77,7 +78,9 @@ def embed_files(files: list[Path], encoder: Encoder, *, layer: int | str | None 
                 batch_size: int = 32, skip_bad: bool = False,
                 on_file: Callable[[str | None], None] = lambda message: None) -> EmbeddedFiles:
     """Embed ``files`` ``batch_size`` at a time; a bad file raises AudioFileError naming it, or with ``skip_bad``
-    is listed in ``errors``.  ``on_file(message)`` is called once per file (message: why it was skipped).
+    is listed in ``errors``.  ``on_file(message)`` is called once per file (message: why it was skipped, or the
+    warning of a truncated file, which is embedded as it is and listed in ``truncated``).  Embeddings that are not
+    finite raise AudioPGError naming the files.
     ``layer``/``pool`` None: the encoder's default; one vector per file, so not ``layer="all"``."""
     if batch_size < 1:
         raise AudioPGError(f"--batch-size must be >= 1, got {batch_size}")
@@ -95,13 +98,19 @@ def embed_files(files: list[Path], encoder: Encoder, *, layer: int | str | None 
     def flush() -> None:
         if batch:
             out = encoder.embed([w for _, w in batch], sr, layer=layer, pool=pool, batch_size=batch_size)
-            chunks.append(out.scene.detach().cpu().numpy().astype(np.float32))
+            chunk = out.scene.detach().cpu().numpy().astype(np.float32)
+            bad = [p for (p, _), row in zip(batch, chunk) if not np.isfinite(row).all()]
+            if bad:
+                raise AudioPGError(f"{encoder.source or 'the encoder'}: NaN or infinite embedding of {bad[0]}"
+                                   + (f" and {len(bad) - 1} more file(s)" if len(bad) > 1 else "")
+                                   + "; nothing was written")
+            chunks.append(chunk)
             result.rows.extend((p, len(w) / sr) for p, w in batch)
             batch.clear()
 
     for path in files:
         try:
-            wave = load_audio(path, sr)
+            wave, note = load_audio_noting(path, sr)
         except AudioFileError as err:
             if not skip_bad:
                 raise AudioFileError(f"{err} (use --skip-bad to skip unreadable files)") from None
@@ -111,7 +120,9 @@ def embed_files(files: list[Path], encoder: Encoder, *, layer: int | str | None 
         batch.append((str(path), wave))
         if len(batch) >= batch_size:
             flush()
-        on_file(None)
+        if note:
+            result.truncated.append((str(path), note))
+        on_file(f"warning: {note}" if note else None)
     flush()
     result.matrix = np.concatenate(chunks, axis=0) if chunks else None
     return result

@@ -1,6 +1,6 @@
 """The HEAR 2021 common API for AudioPG encoders.
 
-docs/encoder.md ("The HEAR 2021 interface") has the details.
+docs/encoder.md ("The HEAR 2021 interface") has the details; docs/suites.md runs the official validator.
 """
 from __future__ import annotations
 
@@ -81,7 +81,8 @@ def get_timestamp_embeddings(audio: torch.Tensor, model: HearModel) -> tuple[tor
     """``(n_sounds, n_samples)`` -> embeddings ``(n_sounds, n_timestamps, D)`` and timestamps ``(n_sounds, n_timestamps)`` in ms.
 
     One embedding every 40 ms (at most ``model.timestamp_hop_ms``), centred on
-    what it describes; see the module docstring for the method.
+    what it describes: the first at 7.5 ms, then every 40 ms up to the end of the
+    clip (docs/encoder.md, "Time-stamped embeddings").
     """
     audio = _check_audio(audio, model)
     frames, stamps = model.encoder.embed_timestamps(audio, model.sample_rate, layer=model.layer,

@@ -6,6 +6,9 @@ architecture (preset, sizes, parameter count), the world it was trained on
 hardware as recorded by the trainer, the log-mel settings and statistics, and
 the measured results that are given (or that none are measured yet).  Facts
 the metadata does not record are shown as "not recorded", never guessed.
+
+The card opens with the YAML block the Hugging Face Hub reads (:func:`hub_metadata`): library name,
+pipeline, licence, tags, the world and objective, the exact features, and the results as a ``model-index``.
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
+
+import yaml
 
 from audiopg.audio.fbank import FbankConfig
 from audiopg.core.config import from_dict, to_dict
@@ -22,9 +27,11 @@ from audiopg.model.encoder import DEFAULT_LAYER, DEFAULT_POOL
 from audiopg.model.vit import ViTEncoder
 from audiopg.synth.config import list_presets, load_world_config
 
-__all__ = ["model_card_text", "write_model_card", "load_results"]
+__all__ = ["model_card_text", "write_model_card", "load_results", "hub_metadata"]
 
 NOT_RECORDED = "not recorded"
+LICENSE = "mit"  # the package's licence; the weights saw synthetic sound only, no recordings
+TAGS = ("audiopg", "audio", "self-supervised-learning", "masked-autoencoder", "synthetic-data")
 
 # where the trainer may record each training fact: top level first, then these sections
 _SECTIONS = ("train", "training", "budget", "run")
@@ -206,9 +213,48 @@ def _world_rows(world: Mapping[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+# ----------------------------------------------------------------------------- Hub metadata
+def hub_metadata(metadata: Mapping[str, Any], results: Any = None, *, name: str | None = None) -> dict[str, Any]:
+    """The card's YAML front matter: what the Hugging Face Hub indexes (library, pipeline, licence, tags,
+    ``model-index``) plus an ``audiopg`` entry with the world, objective and exact log-mel settings."""
+    world = metadata.get("world") if isinstance(metadata.get("world"), Mapping) else None
+    train = metadata.get("train") if isinstance(metadata.get("train"), Mapping) else {}
+    world_name = NOT_RECORDED if world is None else _world_preset(world).split(" ")[0]
+    objective = train.get("objective", "mae") if train else NOT_RECORDED
+    meta: dict[str, Any] = {
+        "library_name": "audiopg",
+        "pipeline_tag": "feature-extraction",
+        "license": LICENSE,
+        "tags": [*TAGS, f"world-{world_name}".replace(" ", "-"), f"objective-{objective}".replace(" ", "-")],
+        "audiopg": {
+            "world": world_name,
+            "objective": objective,
+            "masks_per_clip": train.get("masks_per_clip", 1) if train else NOT_RECORDED,
+            "fbank": {k: v for k, v in (metadata.get("fbank") or {}).items() if k != "target_frames"},
+            "fbank_stats": dict(metadata.get("fbank_stats") or {}),
+            "normalization": "(logmel - mean) / (2 * std)",
+        },
+    }
+    measured = load_results(results)
+    index = []
+    for task, values in (measured or {}).items():
+        rows = _flatten(values) if isinstance(values, Mapping) else [("value", values)]
+        metrics = [{"type": metric.replace(" / ", "_"), "name": metric, "value": value} for metric, value in rows
+                   if isinstance(value, (int, float)) and not isinstance(value, bool)]
+        if metrics:
+            index.append({"task": {"type": "audio-classification", "name": str(task)},
+                          "dataset": {"name": str(task), "type": str(task)}, "metrics": metrics})
+    if index:
+        meta["model-index"] = [{"name": name or f"AudioPG encoder ({_model_facts(metadata.get('model') or {})[0]} ViT)",
+                                "results": index}]
+    return meta
+
+
 # ----------------------------------------------------------------------------- the card
-def model_card_text(metadata: Mapping[str, Any], results: Any = None, *, name: str | None = None) -> str:
-    """The Markdown model card for an encoder with checkpoint ``metadata`` and optional ``results``."""
+def model_card_text(metadata: Mapping[str, Any], results: Any = None, *, name: str | None = None,
+                    repo_id: str | None = None) -> str:
+    """The Markdown model card for an encoder with checkpoint ``metadata`` and optional ``results``
+    (``repo_id``: its Hugging Face Hub repository, for the usage lines)."""
     meta = dict(metadata)
     model = meta.get("model") if isinstance(meta.get("model"), Mapping) else {}
     fbank = meta.get("fbank") if isinstance(meta.get("fbank"), Mapping) else {}
@@ -222,18 +268,21 @@ def model_card_text(metadata: Mapping[str, Any], results: Any = None, *, name: s
     patch = model.get("patch_size")
     title = name or f"AudioPG encoder ({preset} ViT)"
 
-    lines = [f"# {title}", ""]
+    front = yaml.safe_dump(hub_metadata(meta, res, name=title), sort_keys=False, allow_unicode=True)
+    lines = ["---", front.rstrip("\n"), "---", "", f"# {title}", ""]
     lines.append(
         "An AudioMAE-style ViT audio encoder pre-trained with AudioPG by masked-spectrogram modelling on a "
         "procedural sound world (synthetic sounds only, no recordings). This card is generated from the "
         "checkpoint's metadata."
     )
+    source = repo_id or "path/to/this/folder"
+    hint = "   # pip install audiopg[hub]" if repo_id else ""
     lines += ["", "## Usage", "", "```python", "import audiopg", "",
-              'enc = audiopg.Encoder.from_pretrained("path/to/this/folder")',
+              f'enc = audiopg.Encoder.from_pretrained("{source}"){hint}',
               "emb = enc.embed(waveforms, sample_rate=16000).scene   # (clips, embedding size)",
               "```", "",
-              "Or from the shell: `audiopg embed AUDIO_FOLDER --checkpoint path/to/this/folder --out embeddings`. "
-              "HEAR 2021 API: `audiopg.api.hear.load_model(\"path/to/this/folder\")`.", ""]
+              f"Or from the shell: `audiopg embed AUDIO_FOLDER --checkpoint {source} --out embeddings`. "
+              f"HEAR 2021 API: `audiopg.api.hear.load_model(\"{source}\")`.", ""]
 
     lines += ["## Architecture", ""]
     arch = [
@@ -300,12 +349,15 @@ def model_card_text(metadata: Mapping[str, Any], results: Any = None, *, name: s
     lines += ["## Files", "", "- `encoder.safetensors`: encoder weights with this metadata in the header "
               "(no pickles; loading cannot run code).",
               "- `config.json`: the run's configuration, when the run had one.",
-              "- `results.json`: the results above, when there are any.", ""]
+              "- `results.json`: the results above, when there are any.",
+              "- `*.onnx`: the encoder as an ONNX graph (log-mel in, embedding out), when exported with `--onnx`.",
+              ""]
     return "\n".join(lines)
 
 
-def write_model_card(folder: str | os.PathLike, metadata: Mapping[str, Any], results: Any = None, *, name: str | None = None) -> Path:
+def write_model_card(folder: str | os.PathLike, metadata: Mapping[str, Any], results: Any = None, *,
+                     name: str | None = None, repo_id: str | None = None) -> Path:
     """Write ``folder/README.md`` (atomically) and return its path; ``results`` is a mapping, a JSON path or None."""
     path = Path(folder) / "README.md"
-    atomic_write_text(path, model_card_text(metadata, results, name=name))
+    atomic_write_text(path, model_card_text(metadata, results, name=name, repo_id=repo_id))
     return path

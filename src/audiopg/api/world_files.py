@@ -8,28 +8,50 @@ import soundfile as sf
 import torch
 
 from audiopg.audio.fbank import Fbank, FbankConfig
+from audiopg.audio.preview import clip_cards
 from audiopg.core.config import write_json
 from audiopg.core.io import atomic_write, atomic_write_text
+from audiopg.core.page import Page
 from audiopg.synth.config import WorldConfig
 from audiopg.synth.world import World
 
 
-def write_world_clips(cfg: WorldConfig, n: int, seed: int, out: Path, device: torch.device) -> None:
+def write_world_clips(cfg: WorldConfig, n: int, seed: int, out: Path, device: torch.device,
+                      html: bool = False) -> None:
     """``n`` clips of the world drawn with ``seed``: ``clip_*.wav`` (float), ``factors.jsonl`` (one line per
-    clip), ``world.json`` (the resolved config) and ``spectrograms.png`` in ``out``."""
+    clip), ``world.json`` (the resolved config) and ``spectrograms.png`` in ``out``; with ``html`` also
+    ``index.html`` (:func:`world_page`)."""
     world = World(cfg, device)
     batch = world.sample(n, world.generator(seed))
     out.mkdir(parents=True, exist_ok=True)
     records = batch.records()
     width = len(str(n - 1))
-    lines = []
+    lines, names = [], []
     for i, (wave, rec) in enumerate(zip(batch.audio.cpu().numpy(), records)):
         name = f"clip_{i:0{width}d}.wav"
         atomic_write(out / name, lambda f, wave=wave: sf.write(f, wave, cfg.sample_rate, subtype="FLOAT", format="WAV"))
         lines.append(json.dumps({"file": name, **rec}))
+        names.append(name)
     atomic_write_text(out / "factors.jsonl", "\n".join(lines) + "\n")
     write_json(out / "world.json", cfg)
     spectrogram_grid(batch.audio, records, cfg.sample_rate, out / "spectrograms.png")
+    if html:
+        world_page(cfg, seed, batch.audio, records, names).write(out / "index.html")
+
+
+OVERVIEW = ("source", "f0", "event_count", "snr_db", "cutoff", "scene_count", "distance", "rt60")  # page's summary
+
+
+def world_page(cfg: WorldConfig, seed: int, audio: torch.Tensor, records: list[dict], names: list[str]) -> Page:
+    """The clips as a page: a player, the log-mel spectrogram and the factors of each, then the world's config."""
+    page = Page(f"AudioPG world: {len(names)} clips, seed {seed}")
+    page.text(f"{cfg.seconds:g} s clips at {cfg.sample_rate} Hz; the sources of this world: "
+              f"{', '.join(cfg.source_names)}.  Players: 16-bit FLAC of each clip_*.wav; spectrograms: the "
+              "128-bin log-mel features the model sees; factors: the clip's line of factors.jsonl.")
+    page.table([{"clip": name, **{k: rec[k] for k in OVERVIEW if k in rec}} for name, rec in zip(names, records)])
+    page.clips(clip_cards(audio, cfg.sample_rate, names, records))
+    page.preformatted(json.dumps(cfg.to_dict(), indent=2), "world.json: the resolved world config")
+    return page
 
 
 def spectrogram_grid(audio: torch.Tensor, records: list[dict], sample_rate: int, path: Path) -> None:

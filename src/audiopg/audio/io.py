@@ -5,6 +5,8 @@ docs/features.md ("Reading audio") has the details.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,9 @@ __all__ = [
     "AUDIO_EXTENSIONS",
     "PAD_NOISE_LEVEL",
     "RESAMPLE_QUALITY",
+    "TruncatedAudioWarning",
     "load_audio",
+    "load_audio_noting",
     "resample",
     "fit_length",
     "noise_floor",
@@ -34,6 +38,10 @@ _QUALITIES = ("HQ", "VHQ")
 
 
 # ----------------------------------------------------------------------------- reading files
+class TruncatedAudioWarning(UserWarning):
+    """An audio file holds less audio than its header promises (a cut-off download or copy); the message names it."""
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, quality: str = RESAMPLE_QUALITY) -> np.ndarray:
     """Read an audio file as a mono float32 array at ``sample_rate`` Hz.
 
@@ -44,8 +52,10 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, quality: st
 
     Raises :class:`AudioFileError` -- its message starts with the path -- when
     the file is missing, a folder, unreadable or corrupt, holds 0 samples,
-    contains NaN or infinite samples, or is too short to resample to at least
-    one sample.
+    contains NaN or infinite samples or values beyond float32's range, or is
+    too short to resample to at least one sample.  A file holding less audio
+    than its header promises (cut off) is read as it is, with a
+    :class:`TruncatedAudioWarning` naming it.
     """
     _check_rate("sample_rate", sample_rate)
     import soundfile as sf
@@ -62,7 +72,9 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, quality: st
     if size == 0:
         raise AudioFileError(f"{path}: the file is empty (0 bytes)")
     try:
-        data, native_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as f:
+            native_rate, log = f.samplerate, f.extra_info
+            data = f.read(dtype="float64" if f.subtype == "DOUBLE" else "float32", always_2d=True)
     except (RuntimeError, OSError, ValueError, TypeError, EOFError) as err:
         raise AudioFileError(f"{path}: not a readable audio file ({_reason(err, path)})") from None
     if data.shape[0] == 0:
@@ -70,6 +82,16 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, quality: st
     bad = int(data.size - np.count_nonzero(np.isfinite(data)))
     if bad:
         raise AudioFileError(f"{path}: contains {bad} NaN or infinite sample value(s); the file is corrupt")
+    peak = float(np.abs(data).max())
+    if peak > float(np.finfo(np.float32).max):
+        raise AudioFileError(f"{path}: sample values up to {peak:.3g} lie beyond float32's range; scale the file "
+                             "to [-1, 1]")
+    promised = _promised_frames(log, data.shape[0])
+    if promised is not None:
+        warnings.warn(TruncatedAudioWarning(
+            f"{path}: truncated: the header promises {promised / native_rate:.3g} s (~{promised} samples) but the "
+            f"file holds {data.shape[0] / native_rate:.3g} s ({data.shape[0]}); using what is there"), stacklevel=2)
+    data = data.astype(np.float32, copy=False)
     wave = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
     if native_rate != sample_rate:
         wave = resample(wave, native_rate, sample_rate, quality=quality)
@@ -79,6 +101,35 @@ def load_audio(path: str | os.PathLike, sample_rate: int = 16000, *, quality: st
                 f"give no sample at {sample_rate} Hz)"
             )
     return np.ascontiguousarray(wave, dtype=np.float32)
+
+
+def load_audio_noting(path: str | os.PathLike, sample_rate: int = 16000, **kwargs: Any) -> tuple[np.ndarray, str | None]:
+    """:func:`load_audio`, returning the :class:`TruncatedAudioWarning`'s message (None: not truncated) instead of
+    showing it, for callers that report truncated files themselves (``audiopg embed``, ``audiopg probe``)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", TruncatedAudioWarning)
+        wave = load_audio(path, sample_rate, **kwargs)
+    note = None
+    for w in caught:
+        if issubclass(w.category, TruncatedAudioWarning):
+            note = str(w.message)
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return wave, note
+
+
+# libsndfile's header log: "data : 32000 (should be 960)" when the data chunk is cut short
+_SIZE_LINE = re.compile(r"^\s*(data|ssnd|data size|riff|form)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.I | re.M)
+_STREAMED = 0xFFFF0000  # sizes from here up are placeholders of streamed files, not promises
+
+
+def _promised_frames(log: str, frames: int) -> int | None:
+    """Frames the header promises, when libsndfile's log says the file is shorter than that; else None."""
+    sizes = {name.lower(): (int(stated), int(actual)) for name, stated, actual in _SIZE_LINE.findall(log)}
+    stated, actual = next((sizes[k] for k in ("data", "ssnd", "data size", "riff", "form") if k in sizes), (0, 0))
+    if not 0 < actual < stated < _STREAMED:
+        return None
+    return round(frames * stated / actual)
 
 
 def _reason(err: BaseException, path: Path) -> str:

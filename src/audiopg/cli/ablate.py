@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from audiopg.cli.common import experiment_args, stderr_log
+from audiopg.cli.common import experiment_args, positive_float, positive_int, stderr_log
 from audiopg.core.device import set_torch_threads
 from audiopg.core.errors import ConfigError
 from audiopg.experiments.ablate import (
@@ -55,10 +55,11 @@ def register(subparsers) -> None:
     p.add_argument("--variants", default=None, metavar="NAMES",
                    help="explicit comma-separated variants instead, e.g. paper,rich,rich-no-voice,rich-no-scene+room")
     length = p.add_mutually_exclusive_group(required=True)
-    length.add_argument("--minutes", type=float, help="wall-clock budget of every pre-training run, minutes")
-    length.add_argument("--steps", type=int, help="optimizer steps of every pre-training run")
-    p.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per variant (default 2)")
+    length.add_argument("--minutes", type=positive_float, help="wall-clock budget of every pre-training run, minutes")
+    length.add_argument("--steps", type=positive_int, help="optimizer steps of every pre-training run")
+    p.add_argument("--seeds", type=positive_int, default=2, help="seeds 0..N-1 per variant (default 2)")
     p.add_argument("--out", required=True, type=Path, help="ablation folder (created, or continued)")
+    p.add_argument("--html", action="store_true", help="also write index.html: the table and figure as one page")
     experiment_args(p)
     p.set_defaults(func=run)
 
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             args.out, variants=variants, seeds=args.seeds, minutes=args.minutes, steps=args.steps,
             data_root=args.data_root, tasks=args.tasks, model_preset=args.model_preset, overrides=args.set,
             device=args.device, probe_batch_size=args.probe_batch_size, cache_dir=cache_dir,
-            progress=not args.no_progress, log=log,
+            progress=not args.no_progress, log=log, html=args.html,
         )
     except RunInterrupted as err:
         log(f"audiopg ablate: {err}")
@@ -91,6 +92,6 @@ def run(args: argparse.Namespace) -> int:
         if info.get("skipped"):
             print(f"note: {t} skipped ({info['skipped']})")
     out = Path(args.out)
-    print(f"wrote {out / 'ablation.json'}, {out / 'ablation.md'} and {out / 'ablation.png'} "
-          f"({summary['seconds']} s)")
+    print(f"wrote {out / 'ablation.json'}, {out / 'ablation.md'}, {out / 'ablation.png'}"
+          + (f" and {out / 'index.html'}" if args.html else "") + f" ({summary['seconds']} s)")
     return 0

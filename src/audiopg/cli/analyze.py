@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 from audiopg.analysis.report import AnalysisSettings, run_analysis
+from audiopg.cli.common import natural_int, overwrite_arg
+from audiopg.core.io import output_folder
 from audiopg.eval.datasets import DATA_ENV
 
 
@@ -28,13 +30,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     d = AnalysisSettings  # the defaults
     p.add_argument("--checkpoint", required=True, type=Path, help="run folder, model folder or encoder.safetensors")
     p.add_argument("--out", required=True, type=Path, help="output folder (report.md, analysis.json, PNGs)")
+    overwrite_arg(p)
     p.add_argument("--clips", type=int, default=d.clips, help="clips in the random probe set (default %(default)s)")
     p.add_argument("--bases", type=int, default=d.bases,
                    help="base clips per sweep (default %(default)s; the f0 sweep rounds up to a multiple of the "
                         "tonal sources)")
     p.add_argument("--points", type=int, default=d.points, help="values per sweep (default %(default)s)")
     p.add_argument("--f0-points", type=int, default=d.f0_points, help="values of the f0 sweep (default %(default)s)")
-    p.add_argument("--seed", type=int, default=d.seed,
+    p.add_argument("--seed", type=natural_int, default=d.seed,
                    help="random seed of probe sets, splits, baseline init (default %(default)s)")
     p.add_argument("--device", default=d.device, help="torch device: cpu, cuda, auto (default %(default)s)")
     p.add_argument("--no-baseline", action="store_true", help="skip the randomly initialized baseline")
@@ -53,6 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--real-clips", type=int, default=d.real_clips,
                    help="real voiced segments to use at most (default %(default)s)")
     p.add_argument("--no-real", action="store_true", help="skip the real-audio check")
+    p.add_argument("--html", action="store_true",
+                   help="also write index.html: the report with its figures, and a few probe clips to hear and see")
     p.set_defaults(func=run_analyze)
 
 
@@ -62,5 +67,6 @@ def _log(msg: str) -> None:
 
 def run_analyze(args: argparse.Namespace) -> int:
     settings = AnalysisSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(AnalysisSettings)})
-    run_analysis(settings, log=_log)
+    with output_folder(args.out, overwrite=args.overwrite, kind="an analysis", marker="analysis.json") as tmp:
+        run_analysis(dataclasses.replace(settings, out=tmp), log=lambda msg: _log(msg.replace(str(tmp), str(args.out))))
     return 0

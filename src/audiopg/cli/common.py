@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Callable
@@ -19,6 +20,12 @@ def stderr_log(quiet: bool = False) -> Callable[[str], None]:
     return log
 
 
+def overwrite_arg(p: argparse.ArgumentParser, *aliases: str, what: str = "output folder") -> None:
+    """``--overwrite``: the one flag that lets a command replace an existing output (refused without it)."""
+    p.add_argument("--overwrite", *aliases, dest="overwrite", action="store_true",
+                   help=f"replace an existing {what} whole (without it an existing one is refused)")
+
+
 def threads_arg(text: str) -> str | int:
     """``--threads``: "auto" or a positive integer."""
     if text == "auto":
@@ -30,6 +37,39 @@ def threads_arg(text: str) -> str | int:
     if n < 1:
         raise argparse.ArgumentTypeError(f"--threads must be 'auto' or a positive integer, got {text!r}")
     return n
+
+
+def positive_int(text: str) -> int:
+    """A count (``--batch-size``, ``--n``, ``--steps`` ...): an integer >= 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def natural_int(text: str) -> int:
+    """A seed: an integer >= 0."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return n
+
+
+def positive_float(text: str) -> float:
+    """A length or rate (``--max-seconds``, ``--minutes``, ``--timeout``, ``--lr`` ...): a finite number > 0."""
+    try:
+        x = float(text)
+    except ValueError:
+        x = math.nan
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
+    return x
 
 
 def layer_arg(text: str) -> int | str:
@@ -51,7 +91,7 @@ def experiment_args(p: argparse.ArgumentParser) -> None:
                    help="shared evaluation data holding fsdd/ and esc50-fold4/ (default $AUDIOPG_DATA or "
                         "../shared/data beside the checkout)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1 ... (training and probing)")
-    p.add_argument("--probe-batch-size", type=int, default=32, help="encoder windows per forward pass when probing")
+    p.add_argument("--probe-batch-size", type=positive_int, default=32, help="encoder windows per forward pass when probing")
     p.add_argument("--cache-dir", default=None,
                    help="embedding cache of the probes (default audiopg's; 'none' disables)")
     p.add_argument("--threads", type=threads_arg, default="auto",

@@ -2,15 +2,25 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
-from audiopg.cli.common import layer_arg, stderr_log, threads_arg
+from audiopg.cli.common import (
+    layer_arg,
+    natural_int,
+    overwrite_arg,
+    positive_float,
+    positive_int,
+    stderr_log,
+    threads_arg,
+)
 from audiopg.core.device import set_torch_threads
 from audiopg.core.errors import AudioPGError
+from audiopg.core.io import output_folder
 from audiopg.eval.datasets import DATASETS, load_dataset
 from audiopg.eval.download import DOWNLOADS, download_dataset
 from audiopg.eval.finetune import list_recipes, load_recipe, run_finetune
-from audiopg.eval.probe import parse_baselines, run_probe
+from audiopg.eval.probe import parse_baselines, run_probe, truncation_note
 from audiopg.eval.report import format_score
 from audiopg.model.encoder import DEFAULT_LAYER, DEFAULT_POOL, POOLS
 
@@ -26,7 +36,7 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-bad", action="store_true",
                    help="skip unreadable, empty, corrupt or missing audio files (listed in the report) instead of "
                         "stopping at the first one")
-    p.add_argument("--seed", type=int, default=0, help="seed of cross-validation folds and random init (default 0)")
+    p.add_argument("--seed", type=natural_int, default=0, help="seed of cross-validation folds and random init (default 0)")
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -39,16 +49,19 @@ def _probe(args: argparse.Namespace) -> int:
     for note in ds.notes:
         log(f"note: {note}")
     baselines = parse_baselines(args.baselines)
-    results = run_probe(
-        ds, args.out, checkpoint=args.checkpoint, baselines=baselines, pretrained=not args.no_pretrained,
-        layer=args.layer, pool=args.pool, device=args.device, batch_size=args.batch_size, seed=args.seed,
-        skip_bad=args.skip_bad, cache_dir=_cache_dir(args.cache_dir), max_seconds=args.max_seconds,
-        progress=not args.quiet, log=log,
-    )
+    with output_folder(args.out, overwrite=args.overwrite, kind="probe results", marker="results.json") as tmp:
+        results = run_probe(
+            ds, tmp, checkpoint=args.checkpoint, baselines=baselines, pretrained=not args.no_pretrained,
+            layer=args.layer, pool=args.pool, device=args.device, batch_size=args.batch_size, seed=args.seed,
+            skip_bad=args.skip_bad, cache_dir=_cache_dir(args.cache_dir), max_seconds=args.max_seconds,
+            progress=not args.quiet, log=log,
+        )
     metric = results["dataset"]["metric"]
     for name, m in results["models"].items():
         print(f"{name:12s} {metric} {format_score(metric, m['mean'])} ± {format_score(metric, m['std'])}")
     print(f"wrote {Path(args.out) / 'results.json'} and results.md")
+    if results["dataset"]["truncated"]:
+        print(f"warning: {truncation_note(results['dataset']['truncated'])}", file=sys.stderr)
     return 0
 
 
@@ -74,8 +87,9 @@ def _finetune(args: argparse.Namespace) -> int:
     if "handcrafted" in baselines:
         log("note: the handcrafted baseline has nothing to fine-tune; it is run by `audiopg probe`")
         baselines = [b for b in baselines if b != "handcrafted"]
-    results = run_finetune(ds, args.checkpoint, recipe, args.out, device=args.device, skip_bad=args.skip_bad,
-                           baselines=baselines, progress=not args.quiet, log=log)
+    with output_folder(args.out, overwrite=args.overwrite, kind="fine-tuning results", marker="recipe.yaml") as tmp:
+        results = run_finetune(ds, args.checkpoint, recipe, tmp, device=args.device, skip_bad=args.skip_bad,
+                               baselines=baselines, progress=not args.quiet, log=log)
     metric = results["dataset"]["metric"]
     for name, m in results["models"].items():
         print(f"{name:12s} {metric} {format_score(metric, m['mean'])} ± {format_score(metric, m['std'])}")
@@ -114,6 +128,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="run folder, model folder or encoder.safetensors (needed unless only handcrafted runs)")
     p.add_argument("--out", required=True, type=Path, help="output folder")
+    overwrite_arg(p)
     p.add_argument("--baselines", default="random,handcrafted",
                    help="comma-separated: random (same architecture, random init), handcrafted (log-mel stats); "
                         "'none' for no baseline (default: random,handcrafted)")
@@ -128,8 +143,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target-type", choices=("auto", "class", "continuous"), default="auto",
                    help="manifest only: classes or a continuous target (ridge regression); auto-detected by default")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--batch-size", type=int, default=32, help="encoder windows per forward pass")
-    p.add_argument("--max-seconds", type=float, default=None, help="use at most the first N seconds of each clip")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="encoder windows per forward pass")
+    p.add_argument("--max-seconds", type=positive_float, default=None, help="use at most the first N seconds of each clip")
     p.add_argument("--cache-dir", default=None,
                    help="embedding cache folder (default $AUDIOPG_CACHE/embeddings or ~/.cache/audiopg/embeddings; "
                         "'none' disables)")
@@ -152,6 +167,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe value (repeatable), "
                                                                         "e.g. --set epochs=2 --set folds=1")
     f.add_argument("--out", required=True, type=Path, help="output folder")
+    overwrite_arg(f)
     f.add_argument("--baselines", default="none", help="'random' also fine-tunes a randomly initialized encoder "
                                                         "(default none)")
     f.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
@@ -169,7 +185,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     d.add_argument("dataset", nargs="?", choices=tuple(DOWNLOADS), help="which dataset")
     d.add_argument("--root", type=Path, help="folder to download and extract into")
-    d.add_argument("--timeout", type=float, default=10.0, help="connect / stall timeout in seconds (default 10)")
+    d.add_argument("--timeout", type=positive_float, default=10.0, help="connect / stall timeout in seconds (default 10)")
     d.add_argument("--remove-archives", action="store_true", help="delete the archives after extraction")
     d.add_argument("--list", action="store_true", help="list the datasets, their URLs and checksums")
     d.add_argument("--quiet", action="store_true", help="no progress output")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from audiopg.cli.common import natural_int, overwrite_arg, positive_float, positive_int
 from audiopg.cli.main import run_command
 from audiopg.core.errors import ConfigError
 from audiopg.train.config import build_pretrain_config
@@ -29,8 +30,8 @@ warmup_fraction, warmup_steps, weight_decay, betas, grad_clip, seed,
 stats_clips, save_every_minutes, compile, device, prefetch, fit_steps, progress
 (each is documented in audiopg/train/config.py).
 
-The run folder gets config.json, metrics.jsonl, state.pt (resumable, saved every
-save_every_minutes, on SIGINT/SIGTERM and at the end), and at the end
+The run folder gets config.json, metrics.jsonl, state.pt (resumable, saved after
+the first step, every save_every_minutes, on SIGINT/SIGTERM and at the end), and at the end
 encoder.safetensors and reconstructions.png.  Under torchrun, batch_size is per
 process and only rank 0 writes files.
 """
@@ -45,14 +46,16 @@ def register(subparsers) -> None:
     )
     p.add_argument("--preset", help="model preset: tiny (CPU, minutes), small, base (default: tiny)")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=int, help="total optimizer steps")
-    length.add_argument("--minutes", type=float,
+    length.add_argument("--steps", type=positive_int, help="total optimizer steps")
+    length.add_argument("--minutes", type=positive_float,
                         help="wall-clock budget in minutes; the schedule is fitted to it after timing a few steps")
-    p.add_argument("--out", metavar="RUN_DIR", help="run folder to create (must not hold a run already)")
+    p.add_argument("--out", metavar="RUN_DIR",
+                   help="run folder to create (must not hold a run already, except one stopped before its first save)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR to its planned end")
-    p.add_argument("--batch-size", type=int, help="clips per step (per process under torchrun)")
-    p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
-    p.add_argument("--seed", type=int, help="seed of the world draws, the masks and the initial weights")
+    overwrite_arg(p, what="run folder given to --out")
+    p.add_argument("--batch-size", type=positive_int, help="clips per step (per process under torchrun)")
+    p.add_argument("--lr", type=positive_float, help="peak learning rate (default: the preset's)")
+    p.add_argument("--seed", type=natural_int, help="seed of the world draws, the masks and the initial weights")
     p.add_argument("--config", metavar="FILE", help="YAML or JSON file of settings")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="override one setting, e.g. model.depth=2, world.seconds=1.28, grad_clip=0 (repeatable)")
@@ -81,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
         if args.resume:
             if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
                 raise ConfigError("out", "give either --out (a new run) or --resume (an existing one), not both")
+            if args.overwrite:
+                raise ConfigError("overwrite", "replaces the run given to --out; --resume continues a run")
             saved, _ = load_run_config(args.resume)
             config = build_pretrain_config(args.config, args.set, flags, base=saved.to_dict())
             check_resume_config(saved, config, args.resume)
@@ -89,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             if not args.out:
                 raise ConfigError("out", "give the run folder: --out RUN_DIR (or --resume RUN_DIR to continue one)")
             config = build_pretrain_config(args.config, args.set, flags)
-            result = pretrain(config, args.out)
+            result = pretrain(config, args.out, overwrite=args.overwrite)
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

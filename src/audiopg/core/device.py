@@ -20,6 +20,14 @@ def resolve_device(requested: str | torch.device, key: str = "device") -> torch.
         raise ConfigError(key, f"unknown device {str(requested)!r} ({err})") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(key, f"{str(requested)!r} asked for, but CUDA is not available (use 'cpu' or 'auto')")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(key, f"{str(requested)!r} asked for, but there are {torch.cuda.device_count()} CUDA "
+                               f"device(s) (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    if device.type not in ("cpu", "cuda"):
+        backend = getattr(torch, device.type, None)
+        if device.type == "meta" or not getattr(backend, "is_available", lambda: False)():
+            why = "it holds no data" if device.type == "meta" else "it is not available on this machine"
+            raise ConfigError(key, f"{str(requested)!r} cannot run the model ({why}); use 'cpu', 'cuda' or 'auto'")
     return device
 
 

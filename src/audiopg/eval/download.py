@@ -6,6 +6,7 @@ Details and sizes: docs/evaluation.md ("Downloads").
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import socket
@@ -23,12 +24,14 @@ from typing import Callable, Sequence
 from tqdm import tqdm
 
 from audiopg.core.errors import AudioPGError
+from audiopg.core.io import make_folder
 
 __all__ = ["Remote", "DatasetSource", "DOWNLOADS", "DownloadError", "download_file", "download_dataset",
            "extract_archive", "extract_split_zip"]
 
 CHUNK = 1 << 20
 USER_AGENT = "audiopg-download/0.1 (+https://github.com/)"
+LOCAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG)  # writing failed
 
 
 class DownloadError(AudioPGError):
@@ -160,7 +163,7 @@ def download_file(
     (resuming), then raise.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     final = folder / remote.filename
     part = folder / (remote.filename + ".part")
     if final.exists():
@@ -209,6 +212,8 @@ def download_file(
                     raise DownloadError(f"{remote.url}: connection closed after {got} of {total} bytes")
             break
         except (urllib.error.URLError, OSError, DownloadError) as err:
+            if isinstance(err, OSError) and err.errno in LOCAL_ERRNOS:  # the disk, not the network: no retry
+                raise OSError(err.errno, f"cannot write it ({err.strerror})", str(part)) from None
             if attempt > retries:
                 raise DownloadError(f"{remote.url}: download interrupted ({_reason(err)}); run the command again "
                                     f"to resume from {part}") from None
@@ -423,7 +428,7 @@ def download_dataset(
         raise DownloadError(f"unknown dataset {name!r} (known: {', '.join(sources)})")
     src = sources[name]
     root = Path(root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    make_folder(root)
     data_root = root / src.data_root
     done = root / f".audiopg-download-{src.name}.complete"
     if done.exists() and (root / src.marker).exists():

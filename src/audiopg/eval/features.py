@@ -18,8 +18,8 @@ import torch
 from tqdm import tqdm
 
 from audiopg.audio.fbank import FbankConfig, fbank
-from audiopg.audio.io import fit_length, load_audio
-from audiopg.core.errors import AudioFileError, AudioPGError
+from audiopg.audio.io import fit_length, load_audio_noting
+from audiopg.core.errors import AudioFileError, AudioPGError, ConfigError
 from audiopg.core.io import atomic_write_bytes, atomic_write_text
 from audiopg.eval.datasets.base import Dataset
 from audiopg.model.encoder import Encoder
@@ -70,9 +70,12 @@ class EncoderFeatures:
 
     def __init__(self, name: str, encoder: Encoder, *, layer: int | str | None = None, pool: str | None = None,
                  batch_size: int = 32, checkpoint_sha256: str = "", seed: int = 0):
-        layer, pool = encoder.resolve_layer_pool(layer, pool)  # None: the encoder's default
+        try:
+            layer, pool = encoder.resolve_layer_pool(layer, pool)  # None: the encoder's default
+        except ValueError as err:
+            raise ConfigError("--layer/--pool", str(err)) from None
         if layer == "all":
-            raise ValueError("the probe needs one vector per clip: a single layer or 'concat', not 'all'")
+            raise ConfigError("--layer", "the probe needs one vector per clip: a single layer or 'concat', not 'all'")
         self.name = name
         self.encoder = encoder
         self.layer = layer
@@ -180,13 +183,17 @@ def extract_features(
     chunk: int = 64,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    truncated: dict[int, str] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[int, str]]:
     """Features of every item for every extractor, reading each audio file once.
 
     Returns ``({name: (N, D) float32 with NaN rows for bad files}, {index: reason}
     of the bad files)``.  Without ``skip_bad`` the first bad file raises
-    :class:`AudioFileError` naming it (also when only the cache knows about it).
+    :class:`AudioFileError` naming it (also when only the cache knows about it).  Files that hold less audio
+    than their headers promise are used as they are, logged, and put in ``truncated`` ({index: warning}; also
+    remembered by the cache).  An extractor giving NaN or infinite features raises AudioPGError naming the clip.
     """
+    truncated = {} if truncated is None else truncated
     cache = cache or FeatureCache(None)
     log = log or (lambda msg: None)
     files = _file_list(dataset)
@@ -204,6 +211,7 @@ def extract_features(
         out[ex.name] = x
         for i, reason in info.get("bad", {}).items():
             bad[int(i)] = reason
+        truncated.update({int(i): note for i, note in info.get("truncated", {}).items()})
         log(f"{ex.name}: features from cache ({cache.folder})")
     if bad and not skip_bad:
         i = min(bad)
@@ -213,6 +221,7 @@ def extract_features(
         n = len(dataset.items)
         results: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {ex.name: [] for ex in todo}
         new_bad: dict[int, str] = {}
+        new_truncated: dict[int, str] = {}
         t_start = time.time()
         bar = tqdm(total=n, desc="features (" + ", ".join(ex.name for ex in todo) + ")", unit="clip",
                    disable=None if progress else True, leave=False)
@@ -223,15 +232,19 @@ def extract_features(
             for i in idx:
                 path = dataset.items[i].path
                 try:
-                    loaded = {sr: load_audio(path, sr) for sr in rates}
+                    loaded = {sr: load_audio_noting(path, sr) for sr in rates}
                 except AudioFileError as err:
                     if not skip_bad:
                         bar.close()
                         raise AudioFileError(f"{err} (use --skip-bad to skip unreadable files)") from None
                     new_bad[i] = str(err)
                     continue
+                note = next((n for _, n in loaded.values() if n), None)
+                if note:
+                    new_truncated[i] = note
+                    log(f"warning: {note}")
                 for sr in rates:
-                    x = loaded[sr]
+                    x = loaded[sr][0]
                     if max_seconds is not None:
                         x = x[: max(1, int(round(max_seconds * sr)))]
                     clips[sr].append(x)
@@ -239,6 +252,13 @@ def extract_features(
             if good:
                 for ex in todo:
                     feats = np.asarray(ex(clips[ex.sample_rate]), dtype=np.float32)
+                    rows = np.flatnonzero(~np.isfinite(feats).all(axis=1))
+                    if len(rows):
+                        bar.close()
+                        first = dataset.items[good[rows[0]]].path
+                        raise AudioPGError(f"{first}: {ex.name} features hold NaN or infinite values"
+                                           + (f" (and those of {len(rows) - 1} more clip(s))" if len(rows) > 1 else "")
+                                           + f" with {ex.description}")
                     results[ex.name].append((np.asarray(good), feats))
             bar.update(len(idx))
             done, tenth = idx[-1] + 1, max(1, n // 10)
@@ -247,16 +267,16 @@ def extract_features(
                 log(f"features ({names}): {done}/{n} clips, {time.time() - t_start:.0f} s")
         bar.close()
         bad.update(new_bad)
+        truncated.update(new_truncated)
         for ex in todo:
             parts = results[ex.name]
             dim = parts[0][1].shape[1] if parts else 0
             x = np.full((n, dim), np.nan, dtype=np.float32)
             for rows, feats in parts:
                 x[rows] = feats
-            if not np.isfinite(x[[i for i in range(n) if i not in bad]]).all():
-                raise AudioPGError(f"{ex.name}: non-finite features for some clips (an extractor bug)")
             out[ex.name] = x
             cache.save(ex.name, keys[ex.name], x, {"extractor": ex.key(), "description": ex.description,
                                                    "num_items": n, "bad": {str(k): v for k, v in new_bad.items()},
+                                                   "truncated": {str(k): v for k, v in new_truncated.items()},
                                                    "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
     return out, bad

@@ -36,7 +36,12 @@ from audiopg.core.config import (
 )
 from audiopg.core.device import resolve_device
 from audiopg.core.errors import AudioFileError, AudioPGError, ConfigError
-from audiopg.core.io import atomic_write_bytes, atomic_write_text, file_sha256
+from audiopg.core.io import (
+    append_text,
+    atomic_write_bytes,
+    atomic_write_text,
+    file_sha256,
+)
 from audiopg.core.schedule import lr_at
 from audiopg.eval.datasets.base import MULTI, REGRESSION, SINGLE, Dataset, Split
 from audiopg.eval.metrics import FoldResult, ModelResult, task_score
@@ -458,8 +463,7 @@ def _save_model(path: Path, model: FinetuneModel, meta: dict) -> None:
 
 
 def _append_jsonl(path: Path, record: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    append_text(path, json.dumps(record) + "\n")
 
 
 @dataclass
@@ -683,7 +687,7 @@ def run_finetune(
     if recipe.folds is not None:
         splits = splits[: recipe.folds]
     if write:
-        (out / "metrics.jsonl").write_text("")
+        atomic_write_text(out / "metrics.jsonl", "")
         atomic_write_text(out / "recipe.yaml", yaml.safe_dump(to_dict(recipe), sort_keys=False))
     models: dict[str, ModelResult] = {}
     for tag, reinit in variants:

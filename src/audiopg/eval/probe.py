@@ -7,6 +7,7 @@ split; the test part is touched once (docs/evaluation.md, "The linear probe").
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import time
 import warnings
@@ -18,6 +19,7 @@ from audiopg.core.errors import AudioPGError, ConfigError
 from audiopg.core.io import file_sha256
 from audiopg.eval.datasets.base import MULTI, REGRESSION, SINGLE, Dataset, Split
 from audiopg.eval.features import (
+    HANDCRAFTED_FBANK,
     EncoderFeatures,
     FeatureCache,
     HandcraftedFeatures,
@@ -37,6 +39,7 @@ __all__ = [
     "probe_features",
     "parse_baselines",
     "run_probe",
+    "truncation_note",
 ]
 
 #: logistic-regression inverse regularization strengths searched (6 values, 1e-3 .. 1e2)
@@ -222,6 +225,13 @@ def probe_features(
 
 
 # ----------------------------------------------------------------------------- the whole run
+def truncation_note(paths: Sequence[str]) -> str:
+    """One line on the files that hold less audio than their headers promise (results.json: dataset.truncated)."""
+    more = f" and {len(paths) - 5} more" if len(paths) > 5 else ""
+    return (f"{len(paths)} truncated file(s), shorter than their headers promise, used as they are: "
+            f"{', '.join(paths[:5])}{more}")
+
+
 BASELINES = ("random", "handcrafted")
 
 
@@ -267,6 +277,12 @@ def run_probe(
     """
     log = log or (lambda msg: None)
     t0 = time.time()
+    shortest = HANDCRAFTED_FBANK.frame_length_ms / 1000  # one analysis window: less leaves nothing to describe
+    if max_seconds is not None and not (isinstance(max_seconds, (int, float)) and shortest <= max_seconds < math.inf):
+        raise ConfigError("max_seconds", f"must be a finite number of seconds >= {shortest:g} (one analysis "
+                                         f"window), got {max_seconds!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError("batch_size", f"must be a positive integer, got {batch_size!r}")
     baselines = list(baselines)
     extractors: list[Any] = []
     options: dict[str, Any] = {"layer": layer, "pool": pool, "seed": seed, "max_seconds": max_seconds,
@@ -298,14 +314,19 @@ def run_probe(
         cache = FeatureCache(None)
     else:
         cache = FeatureCache(cache_dir if cache_dir is not None else default_cache_dir())
+    truncated: dict[int, str] = {}
     feats, bad = extract_features(dataset, extractors, cache=cache, skip_bad=skip_bad, max_seconds=max_seconds,
-                                  progress=progress, log=log)
+                                  progress=progress, log=log, truncated=truncated)
+    truncated_paths = [str(dataset.items[i].path) for i in sorted(truncated)]
     if bad:
         keep = np.array([i not in bad for i in range(len(dataset.items))])
         dataset = dataset.without(bad, bad)
         feats = {k: v[keep] for k, v in feats.items()}
         log(f"skipped {len(bad)} unreadable file(s)")
     t_feat = time.time() - t0
+    summary = dataset.summary()
+    if truncated_paths:
+        summary["notes"].append(truncation_note(truncated_paths))
     splits = dataset.splits()
     models: dict[str, ModelResult] = {}
     for ex in extractors:
@@ -326,7 +347,7 @@ def run_probe(
     results = {
         "command": "probe",
         "title": f"Linear probe: {dataset.name}" + (f" ({dataset.protocol.name})" if dataset.name == "fsdd" else ""),
-        "dataset": dataset.summary(),
+        "dataset": {**summary, "truncated": truncated_paths},
         "options": options,
         "selection": selection,
         "splits": [{"name": sp.name, "n_train": len(sp.train), "n_val": 0 if sp.val is None else len(sp.val),

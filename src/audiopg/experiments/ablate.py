@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from audiopg.core.errors import ConfigError
-from audiopg.core.io import atomic_write_bytes, atomic_write_text
+from audiopg.core.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_own_folder,
+    is_temp,
+)
+from audiopg.core.page import Page
 from audiopg.eval.datasets import default_data_root
 from audiopg.eval.report import format_score
 from audiopg.experiments.transfer import (
@@ -56,6 +62,7 @@ FORMAT = 1
 SUMMARY_JSON = "ablation.json"
 SUMMARY_MD = "ablation.md"
 SUMMARY_PNG = "ablation.png"
+SUMMARY_HTML = "index.html"  # with html=True: the summary and its figure as one page (docs/pages.md)
 PROBE_LAYER = -1
 PROBE_POOL = "mean"
 
@@ -152,6 +159,13 @@ def run_config(variant: Variant, seed: int, *, model_preset: str = "tiny", minut
 
 
 # ----------------------------------------------------------------------------- the whole ablation
+def _in_ablation(path: Path) -> bool:
+    """What an ablation folder holds: its summaries, the handcrafted probes, ``VARIANT/seedK`` run folders."""
+    if path.name in (SUMMARY_JSON, SUMMARY_MD, SUMMARY_PNG, SUMMARY_HTML, HANDCRAFTED):
+        return True
+    return path.is_dir() and all(p.name.startswith("seed") or is_temp(p) for p in path.iterdir())
+
+
 def run_ablation(
     out_dir: str | os.PathLike,
     *,
@@ -168,10 +182,12 @@ def run_ablation(
     cache_dir: str | os.PathLike | None | bool = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    html: bool = False,
 ) -> dict:
     """Pre-train every variant x seed, probe each on every task with data, write the summary; return it.
 
-    ``cache_dir`` is the probe's embedding cache (None: audiopg's default, False: none).
+    ``cache_dir`` is the probe's embedding cache (None: audiopg's default, False: none); ``html``: the summary
+    also as ``index.html``.
     Raises :class:`~audiopg.experiments.transfer.RunInterrupted` when a run is stopped by a signal.
     """
 
@@ -197,7 +213,8 @@ def run_ablation(
             configs[v.name, k] = run_config(v, k, model_preset=model_preset, minutes=minutes, steps=steps,
                                             overrides=overrides, device=device, progress=progress)
 
-    # runs already in the folder must have been started with these settings
+    # the folder must be new or an ablation; runs already in it must have been started with these settings
+    check_own_folder(out, _in_ablation, "an ablation folder")
     for (name, k), config in configs.items():
         check_existing_run(config, out / name / f"seed{k}")
 
@@ -265,11 +282,11 @@ def run_ablation(
             summary["runs"][v.name][f"seed{k}"] = info
             _aggregate(summary, variants, list(datasets))
             summary["seconds"] = round(time.time() - t_all, 1)
-            write_summary(out, summary)
+            write_summary(out, summary, html)
     summary["complete"] = True
     summary["seconds"] = round(time.time() - t_all, 1)
     _aggregate(summary, variants, list(datasets))
-    write_summary(out, summary)
+    write_summary(out, summary, html)
     return summary
 
 
@@ -394,6 +411,7 @@ def format_markdown(summary: dict) -> str:
         "",
     ]
     lines += format_table(summary)
+    lines += ["", f"![ablation]({SUMMARY_PNG})"]
     diff_lines = format_differences(summary)
     if diff_lines:
         lines += ["", "## What each part buys", "",
@@ -473,11 +491,15 @@ def plot_summary(summary: dict) -> bytes:
     return buf.getvalue()
 
 
-def write_summary(out_dir: str | os.PathLike, summary: dict) -> None:
-    """``ablation.json``, ``ablation.md`` and ``ablation.png`` in ``out_dir``, each written atomically."""
+def write_summary(out_dir: str | os.PathLike, summary: dict, html: bool = False) -> None:
+    """``ablation.json``, ``ablation.md`` and ``ablation.png`` in ``out_dir`` (with ``html`` also ``index.html``:
+    the markdown with its figure), each written atomically."""
     out = Path(out_dir)
     png = plot_summary(summary)
+    text = format_markdown(summary)
     atomic_write_text(out / SUMMARY_JSON, json.dumps(summary, indent=2, default=json_default) + "\n")
-    atomic_write_text(out / SUMMARY_MD, format_markdown(summary))
+    atomic_write_text(out / SUMMARY_MD, text)
     atomic_write_bytes(out / SUMMARY_PNG, png)
+    if html:
+        Page.from_markdown(text, {SUMMARY_PNG: png}).write(out / SUMMARY_HTML)
 

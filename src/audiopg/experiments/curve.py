@@ -18,7 +18,12 @@ from typing import Any, Callable, Sequence
 
 from audiopg.core.config import to_dict
 from audiopg.core.errors import AudioPGError, ConfigError
-from audiopg.core.io import atomic_write_bytes, atomic_write_text
+from audiopg.core.io import (
+    atomic_write_bytes,
+    atomic_write_text,
+    check_own_folder,
+    is_temp,
+)
 from audiopg.eval.datasets import default_data_root
 from audiopg.eval.finetune import load_recipe
 from audiopg.eval.report import format_score
@@ -167,6 +172,13 @@ def _check_pooling(recipe: CurveRecipe, config) -> None:
 
 
 # ----------------------------------------------------------------------------- the curve
+def _in_curve(path: Path) -> bool:
+    """What a curve folder holds: its summaries, the handcrafted probes, ``RECIPE/POINT/...`` folders."""
+    if path.name in (SUMMARY_JSON, SUMMARY_MD, SUMMARY_PNG, HANDCRAFTED):
+        return True
+    return path.is_dir() and all(p.is_dir() or is_temp(p) for p in path.iterdir())
+
+
 def run_curve(
     out_dir: str | os.PathLike,
     *,
@@ -246,7 +258,8 @@ def run_curve(
         return build_run_config(list(overrides) + list(recipe.overrides), seed, model_preset=model_preset,
                                 minutes=point.minutes, steps=point.steps, device=device, progress=progress)
 
-    # check everything before the first run: every config, every pooling, the runs already in the folder
+    # check everything before the first run: the folder, every config, every pooling, the runs already in it
+    check_own_folder(out, _in_curve, "a transfer-curve folder")
     for r in recipes:
         _check_pooling(r, config_of(r, Point(steps=1), 0))
         for point, largest in stages:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 
 from audiopg.core.config import to_dict
 from audiopg.core.errors import AudioPGError, ConfigError
-from audiopg.core.io import atomic_write_json, file_sha256
+from audiopg.core.io import atomic_write_json, file_sha256, output_folder
 from audiopg.eval.datasets import Dataset, load_dataset
 from audiopg.eval.finetune import Recipe, run_finetune
 from audiopg.eval.metrics import mean_std
@@ -207,11 +207,12 @@ def probe_run(dataset: Dataset, out: Path, *, checkpoint: Path | None, model: st
               and opts.get("seed") == PROBE_SEED
               and (model == HANDCRAFTED or (opts.get("checkpoint_sha256") == sha and opts.get("layer") == layer
                                             and opts.get("pool") == pool)))
-    if not reused:
-        res = run_probe(dataset, out, checkpoint=None if model == HANDCRAFTED else checkpoint,
-                        baselines=[] if model == "pretrained" else [model], pretrained=model == "pretrained",
-                        layer=layer, pool=pool, device=device, batch_size=batch_size, seed=PROBE_SEED,
-                        cache_dir=cache_dir, progress=progress, log=log)
+    if not reused:  # results made otherwise are replaced whole
+        with output_folder(out, overwrite=True, kind="probe results", marker="results.json") as tmp:
+            res = run_probe(dataset, tmp, checkpoint=None if model == HANDCRAFTED else checkpoint,
+                            baselines=[] if model == "pretrained" else [model], pretrained=model == "pretrained",
+                            layer=layer, pool=pool, device=device, batch_size=batch_size, seed=PROBE_SEED,
+                            cache_dir=cache_dir, progress=progress, log=log)
     m = res["models"][model]
     return {"mean": m["mean"], "std": m["std"], "folds": [f["score"] for f in m["folds"]],
             "metric": m["metric"], "results": str(out / "results.json")}, reused
@@ -230,9 +231,10 @@ def finetune_run(dataset: Dataset, out: Path, *, checkpoint: Path, recipe: Recip
               and res.get("options", {}).get("checkpoint_sha256") == sha
               and res.get("recipe") == json.loads(json.dumps(to_dict(recipe)))
               and {"finetuned", "random"} <= set(res.get("models", {})))
-    if not reused:
-        res = run_finetune(dataset, checkpoint, recipe, out, device=device, baselines=["random"], progress=progress,
-                           log=log)
+    if not reused:  # results made otherwise (other splits' checkpoints too) are replaced whole
+        with output_folder(out, overwrite=True, kind="fine-tuning results", marker="recipe.yaml") as tmp:
+            res = run_finetune(dataset, checkpoint, recipe, tmp, device=device, baselines=["random"],
+                               progress=progress, log=log)
     summary: dict[str, Any] = {"metric": dataset.metric, "results": str(out / "results.json")}
     for name in ("finetuned", "random"):
         m = res["models"][name]

@@ -66,7 +66,17 @@ def load_encoder_file(path: str | os.PathLike, device: str | torch.device = "cpu
         state = load_file(str(path), device=str(device))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{path}: cannot read the weights ({err})") from None
+    check_finite_weights(state, path)
     return state, meta
+
+
+def check_finite_weights(state: dict[str, torch.Tensor], where: str | os.PathLike) -> None:
+    """Raise CheckpointError naming the first tensor that holds NaN or infinite values."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(f"{where}: tensor {name!r} holds {bad} NaN or infinite value(s) of "
+                                  f"{tensor.numel()}; the checkpoint is damaged (training diverged?)")
 
 
 def resolve_encoder_path(path: str | os.PathLike) -> Path:

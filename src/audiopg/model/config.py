@@ -71,6 +71,10 @@ class ModelConfig:
         check_range("mask_ratio", self.mask_ratio, 0.0)
         if self.mask_ratio >= 1.0:
             raise ConfigError("mask_ratio", f"must be in [0, 1), got {self.mask_ratio}")
+        if round(self.num_patches * (1.0 - self.mask_ratio)) >= self.num_patches:  # as model/mae.py keeps
+            raise ConfigError("mask_ratio", f"{self.mask_ratio} masks no patch of the {self.num_patches} of a clip, "
+                                            f"so pre-training would learn nothing (loss and gradient 0); use a ratio "
+                                            f"above {0.5 / self.num_patches:.4g}")
         check_range("drop_path", self.drop_path, 0.0)
         if self.drop_path >= 1.0:
             raise ConfigError("drop_path", f"must be in [0, 1), got {self.drop_path}")

@@ -23,6 +23,7 @@ from audiopg.audio.io import PAD_NOISE_LEVEL, noise_floor, resample
 from audiopg.core.config import from_dict, to_dict
 from audiopg.core.device import resolve_device
 from audiopg.core.errors import CheckpointError, ConfigError
+from audiopg.core.hub import resolve_model_path
 from audiopg.model.checkpoint import (
     load_encoder_file,
     read_metadata,
@@ -135,9 +136,12 @@ class Encoder(nn.Module):
         device: str | torch.device = "cpu",
         reinit: bool = False,
         seed: int = 0,
+        revision: str | None = None,
         **kwargs: Any,
     ) -> "Encoder":
-        """Load a run folder, a model folder or an ``encoder.safetensors`` file.
+        """Load a run folder, a model folder, an ``encoder.safetensors`` file or a Hugging Face Hub repository
+        (``owner/name``, at ``revision`` or ``owner/name@revision``; ``pip install audiopg[hub]``,
+        :mod:`audiopg.core.hub`).
 
         Loading is strict: missing or unexpected weights, and weights whose shape
         differs from the architecture in the metadata, raise
@@ -149,7 +153,7 @@ class Encoder(nn.Module):
         (``hop_seconds``, ``pad_noise_level``).
         """
         device = resolve_device(device)
-        file = resolve_encoder_path(path)
+        file = resolve_encoder_path(resolve_model_path(path, revision))
         if reinit:
             meta, state = read_metadata(file), None
         else:
@@ -367,6 +371,11 @@ class Encoder(nn.Module):
                 return d
         raise ValueError(f"timestamp_hop_ms={hop_ms} is below the frame shift of {shift_ms} ms")
 
+    def timestamp_step_ms(self, timestamp_hop_ms: float = 50.0) -> float:
+        """Milliseconds between the embeddings :meth:`embed_timestamps` gives for ``timestamp_hop_ms`` (40 for 50)."""
+        cfg = self.fbank_config
+        return self.config.patch_size // self._num_shifts(timestamp_hop_ms) * cfg.window_shift * 1000.0 / cfg.sample_rate
+
     def _prepare(self, waveforms: Any, sample_rate: int, normalize: bool | None) -> tuple[list[torch.Tensor], list[float], bool]:
         """-> (mono float32 clips at the model rate on the device, durations in ms, input was stacked)."""
         if isinstance(sample_rate, bool) or not isinstance(sample_rate, (int, np.integer)) or sample_rate < 1:
@@ -403,6 +412,9 @@ class Encoder(nn.Module):
                 raise ValueError(f"clip {i} is empty (0 samples)")
             if not bool(torch.isfinite(x).all()):
                 raise ValueError(f"clip {i} contains NaN or infinite samples")
+            if bool((x.abs() > torch.finfo(torch.float32).max).any()):  # float64 beyond what float32 holds
+                raise ValueError(f"clip {i} has samples up to {float(x.abs().max()):.3g}, beyond float32's range; "
+                                 "scale it to [-1, 1]")
             duration = x.shape[0] / sample_rate
             if sample_rate != self.sample_rate:
                 y = resample(x.detach().cpu().numpy(), int(sample_rate), self.sample_rate)
@@ -420,8 +432,9 @@ class Encoder(nn.Module):
         return clips, durations, stacked
 
     # ------------------------------------------------------------------ spectrograms
-    def _padded_spec(self, wave: torch.Tensor, frames: int) -> torch.Tensor:
-        """Normalized log-mel of ``wave`` padded with the noise floor (or cropped) to exactly ``frames`` frames."""
+    def _padded_spec(self, wave: torch.Tensor, frames: int, raw: bool = False) -> torch.Tensor:
+        """Normalized (``raw``: un-normalized) log-mel of ``wave`` padded with the noise floor (or cropped) to
+        exactly ``frames`` frames."""
         cfg = self.fbank_config
         need = (frames - 1) * cfg.window_shift + cfg.window_length
         n = wave.shape[0]
@@ -430,19 +443,20 @@ class Encoder(nn.Module):
             wave = torch.cat([wave, pad])
         else:
             wave = wave[:need]
-        return self.fbank_stats.normalize(self.fbank(wave))
+        spec = self.fbank(wave)
+        return spec if raw else self.fbank_stats.normalize(spec)
 
     def _signal_columns(self, num_samples: int) -> int:
         """Patch columns holding signal: those with a frame lying entirely inside the clip (at least one column)."""
         frames = max(1, num_frames(num_samples, self.fbank_config))
         return -(-frames // self.config.patch_size)
 
-    def _scene_spec(self, wave: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _scene_spec(self, wave: torch.Tensor, raw: bool = False) -> tuple[torch.Tensor, int]:
         """(spectrogram of whole columns, at least one window; number of columns holding signal)."""
         p = self.config.patch_size
         valid = self._signal_columns(wave.shape[0])
         frames = max(self.window_frames, valid * p)
-        return self._padded_spec(wave, frames), valid
+        return self._padded_spec(wave, frames, raw), valid
 
     def _window_starts(self, num_cols: int, hop_frames: int) -> list[int]:
         grid_t = self.window_frames // self.config.patch_size

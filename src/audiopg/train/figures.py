@@ -10,14 +10,16 @@ import torch
 from audiopg.core.io import atomic_write_bytes
 from audiopg.model import MaskedAutoencoder
 from audiopg.train.data import SynthSpectrograms
-from audiopg.train.run_dir import derive_seed
+from audiopg.train.metrics import open_tensorboard
+from audiopg.train.run_dir import TB_DIR, derive_seed
 
 __all__ = ["save_reconstruction_figure", "write_reconstructions"]
 
 
 def write_reconstructions(path: Path, model: MaskedAutoencoder, data: SynthSpectrograms, seed: int,
                           step: int) -> Path:
-    """4 clips drawn from seeds of their own (the same clips and masks at every step of a run), reconstructed."""
+    """4 clips drawn from seeds of their own (the same clips and masks at every step of a run), reconstructed;
+    also an image in the run's TensorBoard log (tag ``reconstructions``) when the extra is installed."""
     gen = data.generator(derive_seed(seed, 0, "reconstructions"))
     mask_gen = torch.Generator(device=data.device).manual_seed(derive_seed(seed, 0, "reconstructions-mask"))
     was_training = model.training
@@ -27,14 +29,21 @@ def write_reconstructions(path: Path, model: MaskedAutoencoder, data: SynthSpect
         recon = model.reconstruct(x, generator=mask_gen)
     finally:
         model.train(was_training)
-    save_reconstruction_figure(path, x, recon.spec, recon.mask,
-                               title=f"step {step}: original | masked input | reconstruction")
+    png = save_reconstruction_figure(path, x, recon.spec, recon.mask,
+                                     title=f"step {step}: original | masked input | reconstruction")
+    tb = open_tensorboard(Path(path).parent / TB_DIR)
+    if tb is not None:
+        from matplotlib.image import imread
+
+        tb.add_image("reconstructions", imread(io.BytesIO(png), format="png"), step, dataformats="HWC")
+        tb.close()
     return path
 
 
 def save_reconstruction_figure(path: str | os.PathLike, spec: torch.Tensor, recon: torch.Tensor,
-                               mask: torch.Tensor, title: str = "") -> None:
-    """A PNG with one row per clip: the input, the input with masked patches blanked, the reconstruction."""
+                               mask: torch.Tensor, title: str = "") -> bytes:
+    """A PNG with one row per clip: the input, the input with masked patches blanked, the reconstruction;
+    returns its bytes."""
     import matplotlib  # slow to import, and needed only at the end of a run
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -66,3 +75,4 @@ def save_reconstruction_figure(path: str | os.PathLike, spec: torch.Tensor, reco
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=80)
     atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()

@@ -8,13 +8,15 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from audiopg.core.io import named_os_error
 from audiopg.train.run_dir import METRICS_FILE, TB_DIR
 
 __all__ = ["StepLog", "open_tensorboard"]
 
 
 def open_tensorboard(path: Path):
-    """A TensorBoard ``SummaryWriter`` on ``path``, or None when ``torch.utils.tensorboard`` does not import."""
+    """A TensorBoard ``SummaryWriter`` on ``path``, or None when the ``tensorboard`` extra is not installed
+    (``pip install audiopg[tensorboard]``; docs/export.md lists what is logged)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except Exception:  # noqa: BLE001 - tensorboard is optional (and slow to import: only here)
@@ -25,7 +27,7 @@ def open_tensorboard(path: Path):
 class StepLog:
     """One session's step records.  With ``write`` (rank 0): a line per step appended to ``metrics.jsonl``
     (step, loss, lr, clips_per_s, elapsed, grad_norm, then ``loss_<part>`` for each part of a non-mae objective's
-    loss), TensorBoard scalars when installed, and with ``progress``
+    loss), the same as TensorBoard scalars (but elapsed) when the extra is installed, and with ``progress``
     a progress bar.  On every rank: the session's losses, clips/s and step times (the clock starts when the
     log is made)."""
 
@@ -59,12 +61,16 @@ class StepLog:
             record = {"step": step, "loss": round(loss, 7), "lr": lr, "clips_per_s": round(rate, 2),
                       "elapsed": round(elapsed, 3), "grad_norm": round(grad_norm, 5)}
             record.update({f"loss_{k}": round(v, 7) for k, v in parts.items()})
-            self.file.write(json.dumps(record) + "\n")
-            self.file.flush()
+            try:
+                self.file.write(json.dumps(record) + "\n")
+                self.file.flush()
+            except OSError as err:  # an open file's error names no path
+                raise named_os_error(err, self.file.name) from None
         if self.tb is not None:
             self.tb.add_scalar("loss", loss, step)
             self.tb.add_scalar("lr", lr, step)
             self.tb.add_scalar("clips_per_s", rate, step)
+            self.tb.add_scalar("grad_norm", grad_norm, step)
             for k, v in parts.items():
                 self.tb.add_scalar(f"loss_{k}", v, step)
         if self.bar is not None:

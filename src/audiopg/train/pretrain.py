@@ -39,8 +39,8 @@ from audiopg.train.run_dir import (
     describe_run,
     device_name,
     open_run,
+    prepare_run_dir,
     rank_rng_state,
-    remove_stray_saves,
     restore_rank_rng,
     save_state,
     truncate_metrics,
@@ -50,6 +50,8 @@ from audiopg.train.run_dir import (
 from audiopg.train.step import StepRunner, build_model, build_optimizer
 
 __all__ = ["NonFiniteLoss", "PretrainResult", "Trainer", "pretrain"]
+
+FIRST_SAVE_STEP = 1  # a fresh run saves its state after this step too: a kill soon after the start can resume
 
 
 class NonFiniteLoss(AudioPGError):
@@ -68,29 +70,31 @@ class PretrainResult:
     signal: int | None = None  # the signal that stopped it, if any
 
 
-def pretrain(config: PretrainConfig, run_dir: str | os.PathLike, *, resume: bool = False,
+def pretrain(config: PretrainConfig, run_dir: str | os.PathLike, *, resume: bool = False, overwrite: bool = False,
              on_step: Callable[[Trainer, int, float], None] | None = None,
              log: Callable[[str], None] | None = None) -> PretrainResult:
     """Pre-train a masked autoencoder on the procedural world; outputs go to ``run_dir``.
 
     ``resume=True`` continues the run in ``run_dir`` to its planned end; ``config``
     must then equal the run's own config (:func:`~audiopg.train.run_dir.load_run_config`) except for
-    ``device``, ``progress`` and ``save_every_minutes``.  ``on_step(trainer, step, loss)``
+    ``device``, ``progress`` and ``save_every_minutes``.  A fresh run refuses a folder holding a run unless
+    ``overwrite`` (then replaced whole); see :func:`~audiopg.train.run_dir.open_run`.  ``on_step(trainer, step, loss)``
     is called after every applied step (``trainer.request_stop()`` stops the run
     there, saving the state).  Raises :class:`NonFiniteLoss` when the loss diverges.
     """
-    return Trainer(config, run_dir, resume=resume, on_step=on_step, log=log).run()
+    return Trainer(config, run_dir, resume=resume, overwrite=overwrite, on_step=on_step, log=log).run()
 
 
 class Trainer:
     """Runs one pre-training session (fresh or resumed) in ``run_dir``; see :func:`pretrain`."""
 
     def __init__(self, config: PretrainConfig, run_dir: str | os.PathLike, resume: bool = False,
-                 on_step: Callable[[Trainer, int, float], None] | None = None,
+                 overwrite: bool = False, on_step: Callable[[Trainer, int, float], None] | None = None,
                  log: Callable[[str], None] | None = None):
         self.config = config.resolved()
         self.run_dir = Path(run_dir)
         self.resume = resume
+        self.overwrite = overwrite
         self.on_step = on_step
         self._log = log or (lambda msg: print(msg, flush=True))
         self._stop_signal: int | None = None
@@ -119,9 +123,11 @@ class Trainer:
 
     def _run(self) -> PretrainResult:
         self._setup()
-        state = open_run(self.run_dir, self.config, self.resume, self.dist.world_size)
+        state = open_run(self.run_dir, self.config, self.resume, self.dist.world_size, overwrite=self.overwrite,
+                         log=self.log)
+        self._barrier()  # every rank has looked at the folder before rank 0 changes it
         if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            prepare_run_dir(self.run_dir, fresh=state is None)
         self.stats = FbankStats.from_dict(state["fbank_stats"]) if state is not None else self._measure_stats()
         self._build()
         self.step = self._resume(state) if state is not None else self._start()
@@ -160,7 +166,7 @@ class Trainer:
                 if stop and self.step < total:
                     status = "interrupted"
                     break
-                if save_due and self.step < total:
+                if (save_due or self.step == start + 1 == FIRST_SAVE_STEP) and self.step < total:
                     self._save_state(self.step, self._rng_state(world_after))
         self._save_state(self.step, self._rng_state(world_after))
         return self._finish(status, total, log, session_t0)
@@ -209,6 +215,12 @@ class Trainer:
                  f"clips of {self.world_config.seconds:g} s -> {self.model_config.num_frames} x "
                  f"{self.model_config.num_mel_bins} log-mel; batch {cfg.batch_size} x {self.dist.world_size} "
                  f"process(es) on {device_name(self.device)}")
+        window_s = self.model_config.num_frames * self.fbank_config.frame_shift_ms / 1000
+        if self.world_config.seconds < window_s - 1e-9 and self.dist.is_main:  # a warning: on stderr, always
+            print(f"warning: world.seconds={self.world_config.seconds:g} is shorter than the model's window of "
+                  f"{window_s:g} s (model.num_frames={self.model_config.num_frames}): "
+                  f"{1 - self.world_config.seconds / window_s:.0%} of every input is padding; set world.seconds "
+                  f"to {window_s:g} or model.num_frames to fit the clips", file=sys.stderr, flush=True)
 
     def _start(self) -> int:
         """A fresh run: make the plan (timing steps in minutes mode) and write config.json; returns step 0."""
@@ -237,7 +249,6 @@ class Trainer:
         self._elapsed_before = float(state["elapsed_s"])
         if self.dist.is_main:
             truncate_metrics(self.run_dir, step)
-            remove_stray_saves(self.run_dir)
         self.log(f"resuming {self.run_dir} at step {step} of {self.plan['total_steps']}")
         return step
 

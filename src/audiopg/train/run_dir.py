@@ -10,17 +10,24 @@ import json
 import os
 import platform
 import random
+import shutil
 import subprocess
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from audiopg.audio.fbank import FbankConfig, FbankStats
 from audiopg.core.config import to_dict, write_json
 from audiopg.core.errors import CheckpointError, ConfigError
-from audiopg.core.io import atomic_write, atomic_write_bytes
+from audiopg.core.io import (
+    atomic_write,
+    atomic_write_bytes,
+    is_temp,
+    make_folder,
+    remove_temp_files,
+)
 from audiopg.model.checkpoint import save_encoder
 from audiopg.model.config import ModelConfig
 from audiopg.synth import WorldConfig
@@ -29,9 +36,8 @@ from audiopg.train.config import RESUME_MAY_CHANGE, PretrainConfig
 __all__ = [
     "CONFIG_FILE", "ENCODER_FILE", "METRICS_FILE", "RECON_FILE", "STATE_FILE", "STATE_FORMAT", "TB_DIR",
     "check_resume_config", "derive_seed", "describe_run", "device_name", "git_commit", "load_run_config",
-    "load_state", "open_run", "rank_rng_state", "remove_stray_saves", "restore_rank_rng", "save_state",
-    "truncate_metrics",
-    "write_config_json", "write_encoder",
+    "load_state", "open_run", "prepare_run_dir", "rank_rng_state", "restore_rank_rng", "run_folder_kind", "save_state",
+    "truncate_metrics", "write_config_json", "write_encoder",
 ]
 
 STATE_FORMAT = 1
@@ -78,20 +84,75 @@ def _now() -> str:
 
 
 # ----------------------------------------------------------------------------- opening a run
-def open_run(run_dir: Path, config: PretrainConfig, resume: bool, world_size: int) -> dict | None:
-    """Fresh run: refuse a folder that holds a run (returns None).  Resume: the checked ``state.pt``."""
-    if not resume:
-        if (run_dir / CONFIG_FILE).exists() or (run_dir / STATE_FILE).exists():
-            raise CheckpointError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
-                                  "or choose another --out")
-        return None
-    saved, _ = load_run_config(run_dir)
-    check_resume_config(saved, config, run_dir)
-    state = load_state(run_dir / STATE_FILE)
-    if state["plan"]["world_size"] != world_size:
-        raise CheckpointError(f"world_size: the run in {run_dir} used {state['plan']['world_size']} process(es), "
-                              f"this one has {world_size}")
-    return state
+def run_folder_kind(run_dir: Path) -> str:
+    """``new`` (absent, or nothing but temp files), ``run`` (a run with a saved state), ``unsaved`` (a run stopped
+    before its first save), or ``foreign`` (anything else: not a run folder)."""
+    entries = [p for p in run_dir.iterdir() if not is_temp(p)] if run_dir.is_dir() else []
+    if not entries:
+        return "new"
+    if not (run_dir / CONFIG_FILE).is_file():
+        return "foreign"
+    if (run_dir / STATE_FILE).exists():
+        return "run"
+    if (run_dir / ENCODER_FILE).exists():  # a run saves its state before its encoder: this is a model folder
+        return "foreign"
+    try:
+        load_run_config(run_dir)
+    except CheckpointError:
+        return "foreign"
+    return "unsaved"
+
+
+def open_run(run_dir: Path, config: PretrainConfig, resume: bool, world_size: int, *, overwrite: bool = False,
+             log: Callable[[str], None] = print) -> dict | None:
+    """The run folder of a session: returns the checked ``state.pt`` to resume, or None to start afresh
+    (then :func:`prepare_run_dir` clears the folder); changes nothing.
+
+    Fresh (``--out``): the folder must be new, or a run that stopped before its first save (started again), or
+    with ``overwrite`` a run (replaced whole).  Resume: a run with a state, or one stopped before its first save
+    (started again from its own config).  Anything else is refused, naming the folder."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: is a file, not a run folder")
+    kind = run_folder_kind(run_dir)
+    if resume and kind in ("new", "foreign"):
+        load_run_config(run_dir)  # its error says what is missing
+    if kind == "foreign":
+        names = ", ".join(sorted(p.name for p in run_dir.iterdir())[:3])
+        raise CheckpointError(f"{run_dir}: not a run folder (it holds {names}); "
+                              + ("it cannot be resumed" if resume else "choose another --out"))
+    if kind == "run" and not resume and not overwrite:
+        raise CheckpointError(f"{run_dir} already holds a run; continue it with --resume {run_dir}, "
+                              "start it again from nothing with --overwrite, or choose another --out")
+    if kind == "run" and resume:
+        saved, _ = load_run_config(run_dir)
+        check_resume_config(saved, config, run_dir)
+        state = load_state(run_dir / STATE_FILE)
+        if state["plan"]["world_size"] != world_size:
+            raise CheckpointError(f"world_size: the run in {run_dir} used {state['plan']['world_size']} "
+                                  f"process(es), this one has {world_size}")
+        return state
+    if kind == "unsaved":
+        if resume:
+            check_resume_config(load_run_config(run_dir)[0], config, run_dir)
+        log(f"{run_dir}: the run stopped before its first save; starting it again")
+    elif kind == "run":
+        log(f"{run_dir}: replacing the run there (--overwrite)")
+    return None
+
+
+def prepare_run_dir(run_dir: Path, fresh: bool) -> None:
+    """Rank 0, once every rank has opened the run: create the folder, remove the temp files that a kill left
+    and, for a start afresh, the run there (whole when it had a state; else only what a run writes before its
+    first save)."""
+    kind = run_folder_kind(run_dir) if fresh else "new"
+    if kind == "run":
+        shutil.rmtree(run_dir)
+    elif kind == "unsaved":
+        for name in (CONFIG_FILE, METRICS_FILE, RECON_FILE):
+            (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / TB_DIR, ignore_errors=True)
+    make_folder(run_dir)
+    remove_temp_files(run_dir)
 
 
 def load_run_config(run_dir: str | os.PathLike) -> tuple[PretrainConfig, dict]:
@@ -155,12 +216,6 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
 
 
 # ----------------------------------------------------------------------------- state.pt
-def remove_stray_saves(run_dir: Path) -> None:
-    """Remove the temp files of saves that a SIGKILL interrupted (the last complete state.pt is intact)."""
-    for stray in run_dir.glob(f".{STATE_FILE}.*.tmp"):
-        stray.unlink(missing_ok=True)
-
-
 def rank_rng_state(rank: int, world_seed: int, mask_seed: int, world_rng: torch.Tensor,
                    mask_generator: torch.Generator, device: torch.device) -> dict:
     """One rank's random state now: its world generator at ``world_rng`` (the state before the next batch to

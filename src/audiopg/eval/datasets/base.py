@@ -325,10 +325,14 @@ def read_csv(path: Path, required: Sequence[str], header: bool = True) -> list[d
 
 
 def parse_int(value: str, path: Path, row: int, column: str) -> int:
+    """A metadata cell holding a class index, fold or index: an integer >= 0 (DatasetError names the row)."""
     try:
-        return int(str(value).strip())
+        number = int(str(value).strip())
     except ValueError:
         raise DatasetError(f"{path}: row {row}: column {column!r} is not an integer: {value!r}") from None
+    if number < 0:
+        raise DatasetError(f"{path}: row {row}: column {column!r} must be >= 0, got {number}")
+    return number
 
 
 def keep_existing(items: list[Item], skip_bad: bool, listed_in: Path) -> tuple[list[Item], list[dict]]:

@@ -62,16 +62,21 @@ def load_manifest(
     rows = read_csv(path, ["path", column])
     if target_type not in ("auto", "class", "continuous"):
         raise ConfigError("target_type", f"must be auto, class or continuous, got {target_type!r}")
-    raw = [str(row[column]).strip() for row in rows]
-    empty = [i for i, v in enumerate(raw) if v == ""]
-    if empty:
-        raise DatasetError(f"{path}: row {empty[0] + 2}: empty {column!r}")
+    raw = [str(row[column] or "").strip() for row in rows]  # a short row reads None
+    for key, values in ((column, raw), ("path", [str(row["path"] or "").strip() for row in rows])):
+        empty = [i for i, v in enumerate(values) if v == ""]
+        if empty:
+            raise DatasetError(f"{path}: row {empty[0] + 2}: empty {key!r}")
     continuous = target_type == "continuous" or (target_type == "auto" and _is_continuous(raw))
     if continuous:
         try:
             labels: list[Any] = [float(v) for v in raw]
         except ValueError as err:
             raise DatasetError(f"{path}: column {column!r} is not numeric ({err}); use --target-type class") from None
+        bad = [i for i, x in enumerate(labels) if not math.isfinite(x)]
+        if bad:
+            raise DatasetError(f"{path}: row {bad[0] + 2}: {column!r} is {raw[bad[0]]!r}; a continuous target must "
+                               f"be a finite number ({len(bad)} row(s) are not)")
         classes = [column]
         task_type = REGRESSION
     else:
