@@ -1,5 +1,7 @@
-"""Count the outcomes of the fault harness (tests/faults/): cases, clear errors, warnings, tracebacks, unclear
-messages, silent failures and data lost.
+"""Count the outcomes of the fault harness (tests/faults/).
+
+Outcomes: clear errors, named warnings, killed runs that came back whole, tracebacks, unclear messages, silent
+failures and data lost.
 
     python benchmarks/fault_census.py            # runs pytest on tests/faults, prints the table
 
@@ -19,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-OUTCOMES = ("clear", "warned", "traceback", "unclear", "silent", "data lost")
+OUTCOMES = ("clear", "warned", "recovered", "traceback", "unclear", "silent", "data lost")
 
 
 def census(paths: list[str]) -> tuple[collections.Counter, collections.Counter, int]:
@@ -49,7 +51,7 @@ def main() -> int:
         print(f"| {name} | {sum(counts.get(o, 0) for o in OUTCOMES)} | "
               + " | ".join(str(counts.get(o, 0)) for o in OUTCOMES) + " |")
     bad = sum(total[o] for o in ("traceback", "unclear", "silent", "data lost"))
-    print(f"\npytest exit status {rc}; cases that are not clear errors or named warnings: {bad}")
+    print(f"\npytest exit status {rc}; cases that are not clear errors, named warnings or recoveries: {bad}")
     return 0 if rc == 0 and bad == 0 else 1
 
 

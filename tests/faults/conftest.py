@@ -8,7 +8,9 @@ Every case ends in exactly one outcome:
 - ``traceback``: a raw traceback (or an unrelated exception type from the API);
 - ``unclear``: it failed without naming the culprit;
 - ``silent``: exit 0 (or no exception) and no word about the fault;
-- ``data lost``: a file that existed before the command changed or vanished.
+- ``data lost``: a file that existed before the command changed or vanished;
+- ``recovered``: an interrupted job (a kill) was started again or resumed and ended as if never stopped (the
+  test asserts that itself, then calls ``faults.recovered()``).
 
 A case asserts its expected outcome.  With ``AUDIOPG_FAULT_CENSUS=FILE`` set, every case also appends one JSON
 line (case, outcome) to FILE; ``benchmarks/fault_census.py`` runs this folder that way and counts the outcomes.
@@ -116,6 +118,10 @@ class Faults:
         assert outcome == expect, (f"audiopg {' '.join(map(str, args))}: expected {expect}, got {outcome} "
                                    f"(rc {res.rc}); stderr:\n{res.stderr[-3000:]}")
         return res
+
+    def recovered(self, detail: str = "") -> None:
+        """Record a case whose checks the test made itself (a killed run that came back whole)."""
+        _record(self._case(), "recovered", detail)
 
     def api(self, fn: Callable[[], object], culprit: str | Iterable[str], *, guard: Iterable = ()) -> Exception:
         culprits = [culprit] if isinstance(culprit, str) else list(culprit)

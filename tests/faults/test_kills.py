@@ -65,24 +65,26 @@ def reference(tmp_path_factory) -> list[float]:
 
 
 @pytest.mark.parametrize("again", ["--out", "--resume"])
-def test_killed_before_the_first_save_starts_again(tmp_path, reference, again):
+def test_killed_before_the_first_save_starts_again(tmp_path, reference, again, faults):
     run = tmp_path / "run"
     killed("before", run)
     assert (run / "config.json").exists() and not (run / "state.pt").exists()
     res = run_cli(["pretrain", *ARGS, "--out", run] if again == "--out" else ["pretrain", "--resume", run])
     assert res.rc == 0 and "before its first save; starting it again" in res.stdout + res.stderr, res.stderr
     assert losses(run) == pytest.approx(reference, abs=1e-5) and not temp_files(run)
+    faults.recovered(f"killed before the first save, {again}")
 
 
-def test_killed_during_the_first_save_leaves_no_temp_file_behind(tmp_path, reference):
+def test_killed_during_the_first_save_leaves_no_temp_file_behind(tmp_path, reference, faults):
     run = tmp_path / "run"
     killed("during", run)
     assert [(run / name).stat().st_size for name in temp_files(run)] == [0]  # the empty temp state of the kill
     assert run_cli(["pretrain", "--resume", run]).rc == 0
     assert losses(run) == pytest.approx(reference, abs=1e-5) and not temp_files(run)
+    faults.recovered("killed during the first save")
 
 
-def test_killed_after_the_first_save_resumes_exactly(tmp_path, reference):
+def test_killed_after_the_first_save_resumes_exactly(tmp_path, reference, faults):
     run = tmp_path / "run"
     killed("after", run)  # the first save is after step 1; the next (the last) never happened
     assert not (run / "encoder.safetensors").exists()
@@ -92,3 +94,4 @@ def test_killed_after_the_first_save_resumes_exactly(tmp_path, reference):
     assert res.rc == 0 and "resuming" in res.stdout + res.stderr and "at step 1 of 4" in res.stdout + res.stderr
     assert losses(run) == pytest.approx(reference, abs=1e-5) and not temp_files(run)
     assert (run / "encoder.safetensors").exists()
+    faults.recovered("killed after the first save")

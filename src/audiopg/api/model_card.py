@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+import torch
 import yaml
 
 from audiopg.audio.fbank import FbankConfig
@@ -132,10 +133,10 @@ def _model_facts(model: Mapping[str, Any]) -> tuple[str, int | None]:
         if all(model.get(k) == ref[k] for k in keys):
             preset = name
             break
+        if all(model.get(k) == ref[k] for k in keys if k != "num_frames"):
+            preset = f"{name} (windows of {model.get('num_frames')} frames)"
+            break
     try:
-        import torch
-
-
         config = from_dict(ModelConfig, model)
         with torch.device("meta"):
             params = sum(p.numel() for p in ViTEncoder(config).parameters())
@@ -164,7 +165,6 @@ def _embedding(meta: Mapping[str, Any]) -> str:
 def _high_freq(fbank: Mapping[str, Any]) -> str:
     """The upper mel edge in Hz, resolving Kaldi's "<= 0 is an offset from Nyquist" convention."""
     try:
-
         high = float(from_dict(FbankConfig, fbank).effective_high_freq)
         return _fmt(int(high) if high.is_integer() else high)
     except Exception:
@@ -172,12 +172,15 @@ def _high_freq(fbank: Mapping[str, Any]) -> str:
 
 
 def _world_preset(world: Mapping[str, Any]) -> str:
+    """The built-in preset the world is, or is but for its clip length (stated then), else 'custom'."""
     try:
-
         for name in list_presets():
-            if load_world_config(name).to_dict() == dict(world):
+            ref = load_world_config(name).to_dict()
+            if ref == dict(world):
                 return name
-    except Exception:
+            if {**ref, "seconds": world.get("seconds")} == dict(world):
+                return f"{name} (clips of {_fmt(world.get('seconds'))} s)"
+    except Exception:  # a card must still be written for an unusual config
         pass
     return "custom (matches no built-in preset)"
 
@@ -245,7 +248,7 @@ def hub_metadata(metadata: Mapping[str, Any], results: Any = None, *, name: str 
             index.append({"task": {"type": "audio-classification", "name": str(task)},
                           "dataset": {"name": str(task), "type": str(task)}, "metrics": metrics})
     if index:
-        meta["model-index"] = [{"name": name or f"AudioPG encoder ({_model_facts(metadata.get('model') or {})[0]} ViT)",
+        meta["model-index"] = [{"name": name or f"AudioPG encoder ({_model_facts(metadata.get('model') or {})[0].split(' (')[0]} ViT)",
                                 "results": index}]
     return meta
 
@@ -266,7 +269,7 @@ def model_card_text(metadata: Mapping[str, Any], results: Any = None, *, name: s
     frames = model.get("num_frames")
     window_s = frames * shift_ms / 1000.0 if isinstance(frames, int) and isinstance(shift_ms, (int, float)) else None
     patch = model.get("patch_size")
-    title = name or f"AudioPG encoder ({preset} ViT)"
+    title = name or f"AudioPG encoder ({preset.split(' (')[0]} ViT)"
 
     front = yaml.safe_dump(hub_metadata(meta, res, name=title), sort_keys=False, allow_unicode=True)
     lines = ["---", front.rstrip("\n"), "---", "", f"# {title}", ""]
