@@ -26,39 +26,34 @@ def overwrite_arg(p: argparse.ArgumentParser, *aliases: str, what: str = "output
                    help=f"replace an existing {what} whole (without it an existing one is refused)")
 
 
+def _int_at_least(text: str, low: int, what: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = low - 1
+    if n < low:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return n
+
+
 def threads_arg(text: str) -> str | int:
     """``--threads``: "auto" or a positive integer."""
     if text == "auto":
         return text
     try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--threads must be 'auto' or a positive integer, got {text!r}")
-    return n
+        return _int_at_least(text, 1, "")
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"--threads must be 'auto' or a positive integer, got {text!r}") from None
 
 
 def positive_int(text: str) -> int:
     """A count (``--batch-size``, ``--n``, ``--steps`` ...): an integer >= 1."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return n
+    return _int_at_least(text, 1, "a positive integer")
 
 
 def natural_int(text: str) -> int:
     """A seed: an integer >= 0."""
-    try:
-        n = int(text)
-    except ValueError:
-        n = -1
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return n
+    return _int_at_least(text, 0, "an integer >= 0")
 
 
 def positive_float(text: str) -> float:
