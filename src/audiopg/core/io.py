@@ -171,6 +171,7 @@ def check_new_file(path: str | os.PathLike, *, overwrite: bool, option: str = "-
         raise AudioPGError(f"{path}: is a folder; {option} names a file")
     if path.exists() and not overwrite:
         raise AudioPGError(f"{path}: already exists; give --overwrite to replace it, or choose another {option}")
+    make_folder(path.parent, path)  # fail now, before the work, when the file could not be written
 
 
 def check_own_folder(path: str | os.PathLike, is_ours: Callable[[Path], bool], what: str,
