@@ -346,7 +346,9 @@ def run_curve(
                                     pool=recipe.pool, **opts)
             info["scores"][t] = {**res, "reused": reused}
             log(f"   {t}: {format_score(res['metric'], res['mean'])}" + (" (reused)" if reused else ""))
+        summary["runs"][recipe.name].setdefault(point.name, {})[f"seed{seed}"] = info
         if point == ft_point:
+            save(figure=False)  # the probes show while the (long) fine-tuning runs
             for t, base in ft_recipes.items():
                 if t in datasets:
                     log(f"== fine-tune {recipe.name} {point.name} seed {seed} on {t} (recipe {base.name})")
@@ -356,7 +358,6 @@ def run_curve(
                     info["finetune"][t] = {**res, "reused": reused}
                     log(f"   {t}: fine-tuned {format_score(res['metric'], res['finetuned']['mean'])}, random init "
                         f"{format_score(res['metric'], res['random']['mean'])}" + (" (reused)" if reused else ""))
-        summary["runs"][recipe.name].setdefault(point.name, {})[f"seed{seed}"] = info
         save(figure=False)
         return info
 
