@@ -373,8 +373,12 @@ class Encoder(nn.Module):
 
     def timestamp_step_ms(self, timestamp_hop_ms: float = 50.0) -> float:
         """Milliseconds between the embeddings :meth:`embed_timestamps` gives for ``timestamp_hop_ms`` (40 for 50)."""
+        return self._sub_step_ms(self._num_shifts(timestamp_hop_ms))
+
+    def _sub_step_ms(self, shifts: int) -> float:
+        """Milliseconds between the ``shifts`` shifted copies of a clip (one patch column split ``shifts`` ways)."""
         cfg = self.fbank_config
-        return self.config.patch_size // self._num_shifts(timestamp_hop_ms) * cfg.window_shift * 1000.0 / cfg.sample_rate
+        return self.config.patch_size // shifts * cfg.window_shift * 1000.0 / cfg.sample_rate
 
     def _prepare(self, waveforms: Any, sample_rate: int, normalize: bool | None) -> tuple[list[torch.Tensor], list[float], bool]:
         """-> (mono float32 clips at the model rate on the device, durations in ms, input was stacked)."""
@@ -562,7 +566,7 @@ class Encoder(nn.Module):
         grid_t = self.window_frames // p
         sub = p // shifts  # frames between copies
         sample_ms = 1000.0 / cfg.sample_rate
-        sub_ms = sub * cfg.window_shift * sample_ms
+        sub_ms = self._sub_step_ms(shifts)
         centre_ms = ((p - 1) / 2 * cfg.window_shift + cfg.window_length / 2) * sample_ms  # of a column, from its start
         lead = int(centre_ms // sub_ms)  # sub-steps of padding in front
         first_ms = centre_ms - lead * sub_ms
