@@ -7,7 +7,7 @@
     python benchmarks/transfer_curve.py --out runs/curve ...                   # again: continues, skips what is done
 
 A recipe is a name, pre-training overrides (as ``audiopg pretrain --set``) and the probe's pooling
-(``probe.layer=``, ``probe.pool=``); ``paper`` (the default pre-training) is built in.  Every recipe is
+(``probe.layer=``, ``probe.pool=``; without it, the pooling the runs record); ``paper`` (the default pre-training) is built in.  Every recipe is
 pre-trained (``tiny``) for each budget of CPU minutes and, unless ``--steps`` is given, also for the step
 count the ``--steps-of`` recipe reached in that budget -- so a recipe's code speed and its content can be
 told apart.  Every encoder gets the linear probes of ``benchmarks/transfer_cpu.py`` (FSDD own split, FSDD

@@ -12,7 +12,7 @@ import os
 import re
 import shlex
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -74,13 +74,12 @@ class CurveRecipe:
     name: str
     overrides: tuple[str, ...] = ()  # pre-training overrides of every run of the recipe
     layer: int | str = -1  # the probe's encoder layer (-1: the final output)
-    pool: str = "mean"  # the probe's pooling
+    pool: str | None = None  # the probe's pooling (None: what the recipe's runs record as their embedding)
 
     def describe(self) -> str:
         text = " ".join(f"`{o}`" for o in self.overrides) or "the default pre-training"
-        if (self.layer, self.pool) != (-1, "mean"):
-            text += f"; probe: layer {self.layer}, {self.pool} pooling"
-        return text
+        pool = self.pool or "the runs' recorded"
+        return text + f"; probe: layer {self.layer}, {pool} pooling"
 
 
 # pre-training keys that change what is learned but not the random-init network, its pooling or its preprocessing
@@ -95,7 +94,7 @@ def _same_random_init(a: CurveRecipe, b: CurveRecipe) -> bool:
     return (a.layer, a.pool) == (b.layer, b.pool) and rest(a) == rest(b)
 
 
-PAPER = CurveRecipe("paper")  # the default pre-training (paper world), mean-pooled final layer
+PAPER = CurveRecipe("paper")  # the default pre-training (paper world), final layer pooled as its runs record
 
 
 def _check_key(key: str, where: str) -> None:
@@ -112,7 +111,7 @@ def parse_recipe(text: str) -> CurveRecipe:
         raise ConfigError("recipe", f"{text!r}: {err}") from None
     if not words:
         raise ConfigError("recipe", "empty recipe")
-    name, overrides, layer, pool = words[0], [], -1, "mean"
+    name, overrides, layer, pool = words[0], [], -1, None
     if not NAME_PATTERN.fullmatch(name) or name in (HANDCRAFTED, RANDOM):
         raise ConfigError("recipe", f"{name!r} is not a usable recipe name (letters, digits, . _ + -; not "
                                     f"{HANDCRAFTED!r} or {RANDOM!r})")
@@ -257,6 +256,10 @@ def run_curve(
     def config_of(recipe: CurveRecipe, point: Point, seed: int):
         return build_run_config(list(overrides) + list(recipe.overrides), seed, model_preset=model_preset,
                                 minutes=point.minutes, steps=point.steps, device=device, progress=progress)
+
+    # a recipe that names no pooling probes the way its runs embed by default (PretrainConfig.embedding_pool)
+    recipes = [r if r.pool is not None else replace(r, pool=config_of(r, Point(steps=1), 0).embedding_pool)
+               for r in recipes]
 
     # check everything before the first run: the folder, every config, every pooling, the runs already in it
     check_own_folder(out, _in_curve, "a transfer-curve folder")
