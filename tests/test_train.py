@@ -387,12 +387,17 @@ def test_pretrain_is_registered_with_the_main_cli():
 
 def test_a_run_records_its_default_embedding(reference_run, tmp_path):
     from_file = read_metadata(reference_run / "encoder.safetensors")["embedding"]
-    assert from_file == {"layer": -1, "pool": "meanstd"}  # PretrainConfig.embedding_pool's default
+    assert from_file == {"layer": "concat", "pool": "meanstd"}  # PretrainConfig.embedding_layer/_pool's defaults
     enc = Encoder.from_pretrained(reference_run)
-    assert (enc.default_layer, enc.default_pool) == (-1, "meanstd")
-    assert enc.embed(torch.zeros(1, 4000), 16000).scene.shape == (1, 2 * enc.embedding_size)
+    assert (enc.default_layer, enc.default_pool) == ("concat", "meanstd")
+    assert enc.embed(torch.zeros(1, 4000), 16000).scene.shape == (1, 2 * enc.depth * enc.embedding_size)
     run = tmp_path / "mean"
-    pretrain(tiny(steps=2, embedding_pool="mean"), run, log=quiet)
-    assert read_metadata(run / "encoder.safetensors")["embedding"]["pool"] == "mean"
+    pretrain(tiny(steps=2, embedding_pool="mean", embedding_layer=-1), run, log=quiet)
+    assert read_metadata(run / "encoder.safetensors")["embedding"] == {"layer": -1, "pool": "mean"}
+    enc = Encoder.from_pretrained(run)
+    assert enc.embed(torch.zeros(1, 4000), 16000).scene.shape == (1, enc.embedding_size)
     with pytest.raises(ConfigError, match="embedding_pool"):
         tiny(embedding_pool="max")
+    for bad in ("all", 99, -2, "2", True):  # one vector per clip from a block the model has
+        with pytest.raises(ConfigError, match="embedding_layer"):
+            tiny(embedding_layer=bad)

@@ -55,7 +55,7 @@ def test_recipes_points_and_their_errors():
     assert r == CurveRecipe("latent", ("objective=latent", "masks_per_clip=4", "world.scene.sources_per_clip=[1, 1]"),
                             "concat", "meanstd")
     assert parse_recipe("deep probe.layer=2").layer == 2 and parse_recipe("paper") == PAPER
-    assert PAPER.pool is None  # resolved by run_curve to what the recipe's runs record (embedding_pool)
+    assert PAPER.layer is None and PAPER.pool is None  # run_curve: what the runs record (embedding_layer/_pool)
     for text, key in (("x seed=3", "seed"), ("x minutes=2", "minutes"), ("x model.preset=base", "model.preset"),
                       ("x probe.norm=1", "probe.norm"), ("x lr", "recipe"), ("handcrafted", "recipe"),
                       ("a/b", "recipe"), ("", "recipe")):
@@ -182,19 +182,20 @@ def test_explicit_steps_seeds_and_budget_limits(tmp_path, capsys):
     assert sorted(p.name for p in (out / "paper" / "steps3").iterdir()) == ["seed0", "seed1"]
     assert rows["steps3"]["steps"] == 3 and rows["steps3"]["tasks"]["fsdd-own"]["n_seeds"] == 2
     assert "| paper | 3 steps | 3 |" in stdout and "esc50" not in stdout
-    # no probe.pool in the recipe: the pooling the runs record as their embedding (meanstd), random init too
-    assert summary["settings"]["recipes"]["paper"]["pool"] == "meanstd"
+    # no probe.layer/pool in the recipe: what the runs record as their embedding (concat, meanstd), random init too
+    assert (summary["settings"]["recipes"]["paper"]["layer"], summary["settings"]["recipes"]["paper"]["pool"]) == (
+        "concat", "meanstd")
     for folder in (out / "paper" / "steps3" / "seed1", out / "paper" / "random"):
         res = json.loads((folder / "probe" / "fsdd-own" / "results.json").read_text())
-        assert res["options"]["pool"] == "meanstd", folder
+        assert (res["options"]["layer"], res["options"]["pool"]) == ("concat", "meanstd"), folder
     config = json.loads((out / "paper" / "steps3" / "seed1" / "config.json").read_text())
     assert config["train"]["embedding_pool"] == "meanstd"
 
     # a recipe that records another default embedding is probed that way
     rc, _, err = curve(script, capsys, tmp_path / "curve2", data, tmp_path, "--budgets", "none", "--steps", "2",
                        "--tasks", "fsdd-own", "--no-finetune", "--seeds", "1", "--largest-seeds", "1",
-                       "--recipe", "plain embedding_pool=mean", "--recipes", "plain")
+                       "--recipe", "plain embedding_pool=mean embedding_layer=0", "--recipes", "plain")
     assert rc == 0, err
     res = json.loads((tmp_path / "curve2" / "plain" / "steps2" / "seed0" / "probe" / "fsdd-own" / "results.json")
                      .read_text())
-    assert res["options"]["pool"] == "mean"
+    assert (res["options"]["layer"], res["options"]["pool"]) == (0, "mean")

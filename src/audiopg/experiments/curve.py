@@ -73,13 +73,14 @@ class CurveRecipe:
 
     name: str
     overrides: tuple[str, ...] = ()  # pre-training overrides of every run of the recipe
-    layer: int | str = -1  # the probe's encoder layer (-1: the final output)
+    layer: int | str | None = None  # the probe's encoder layer (None: what the recipe's runs record)
     pool: str | None = None  # the probe's pooling (None: what the recipe's runs record as their embedding)
 
     def describe(self) -> str:
         text = " ".join(f"`{o}`" for o in self.overrides) or "the default pre-training"
+        layer = "the runs' recorded" if self.layer is None else self.layer
         pool = self.pool or "the runs' recorded"
-        return text + f"; probe: layer {self.layer}, {pool} pooling"
+        return text + f"; probe: layer {layer}, {pool} pooling"
 
 
 # pre-training keys that change what is learned but not the random-init network, its pooling or its preprocessing
@@ -111,7 +112,7 @@ def parse_recipe(text: str) -> CurveRecipe:
         raise ConfigError("recipe", f"{text!r}: {err}") from None
     if not words:
         raise ConfigError("recipe", "empty recipe")
-    name, overrides, layer, pool = words[0], [], -1, None
+    name, overrides, layer, pool = words[0], [], None, None
     if not NAME_PATTERN.fullmatch(name) or name in (HANDCRAFTED, RANDOM):
         raise ConfigError("recipe", f"{name!r} is not a usable recipe name (letters, digits, . _ + -; not "
                                     f"{HANDCRAFTED!r} or {RANDOM!r})")
@@ -257,9 +258,12 @@ def run_curve(
         return build_run_config(list(overrides) + list(recipe.overrides), seed, model_preset=model_preset,
                                 minutes=point.minutes, steps=point.steps, device=device, progress=progress)
 
-    # a recipe that names no pooling probes the way its runs embed by default (PretrainConfig.embedding_pool)
-    recipes = [r if r.pool is not None else replace(r, pool=config_of(r, Point(steps=1), 0).embedding_pool)
-               for r in recipes]
+    # a recipe that names no layer or pooling probes the way its runs embed by default (PretrainConfig.embedding_*)
+    def resolved(r: CurveRecipe) -> CurveRecipe:
+        config = config_of(r, Point(steps=1), 0)
+        return replace(r, layer=config.embedding_layer if r.layer is None else r.layer,
+                       pool=config.embedding_pool if r.pool is None else r.pool)
+    recipes = [resolved(r) for r in recipes]
 
     # check everything before the first run: the folder, every config, every pooling, the runs already in it
     check_own_folder(out, _in_curve, "a transfer-curve folder")

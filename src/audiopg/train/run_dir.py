@@ -296,7 +296,7 @@ def write_encoder(run_dir: Path, encoder: torch.nn.Module, config: PretrainConfi
         "fbank": described["fbank"],
         "fbank_stats": described["fbank_stats"],
         "world": described["world"],
-        "embedding": {"layer": -1, "pool": config.embedding_pool},
+        "embedding": {"layer": config.embedding_layer, "pool": config.embedding_pool},
         "step": step,
         "clips_seen": clips_seen,
         "git_commit": git_commit(),
