@@ -70,6 +70,18 @@ def test_separable_features_reach_100_percent():
     assert all(f.param in C_GRID for f in res.folds)
 
 
+def test_splits_fitted_in_parallel_give_the_same_result_in_order():
+    ds = synthetic_dataset(n_per_class=30)
+    y = ds.targets()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((4, 16))[y] * 2 + rng.standard_normal((len(y), 16))
+    logs: dict[int, list[str]] = {1: [], 3: []}
+    res = {j: probe_features(ds, x, name="p", description="", jobs=j, log=logs[j].append) for j in (1, 3)}
+    assert [(f.split, f.score, f.param) for f in res[1].folds] == [(f.split, f.score, f.param) for f in res[3].folds]
+    assert [f.split for f in res[3].folds] == [sp.name for sp in ds.splits()]
+    assert [line.split(":")[0] for line in logs[3]] == [f"p {sp.name}" for sp in ds.splits()]
+
+
 def test_shuffled_labels_give_chance():
     ds = synthetic_dataset(n_per_class=60)
     y = ds.targets()

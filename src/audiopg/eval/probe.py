@@ -11,9 +11,11 @@ import math
 import os
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import torch
 
 from audiopg.core.errors import AudioPGError, ConfigError
 from audiopg.core.io import file_sha256
@@ -199,8 +201,13 @@ def probe_features(
     splits: Sequence[Split] | None = None,
     seed: int = 0,
     log: Callable[[str], None] | None = None,
+    jobs: int | None = None,
 ) -> ModelResult:
-    """Run the probe on every split of ``dataset``'s protocol with ``features`` (one row per item)."""
+    """Run the probe on every split of ``dataset``'s protocol with ``features`` (one row per item).
+
+    ``jobs``: splits fitted at once, in threads (None: torch's CPU threads, which ``--threads`` sets); every fit
+    uses one BLAS thread, so the results do not depend on ``jobs``.
+    """
     log = log or (lambda msg: None)
     if features.shape[0] != len(dataset.items):
         raise ValueError(f"{features.shape[0]} feature rows for {len(dataset.items)} items")
@@ -211,16 +218,25 @@ def probe_features(
     if dataset.protocol.inner_grouped:
         groups = np.array([it.group if it.group is not None else f"#{i}" for i, it in enumerate(dataset.items)])
     splits = list(splits if splits is not None else dataset.splits())
-    convergence = [0]
-    folds = []
-    for sp in splits:
-        t0 = time.time()
-        fr = fit_probe(features, y, sp, dataset.task_type, groups=groups, seed=seed, convergence=convergence)
-        folds.append(fr)
-        log(f"{name} {sp.name}: {dataset.metric} {fr.score:.4f} (param {fr.param:g}, {time.time() - t0:.1f} s)")
+    jobs = max(1, min(len(splits), jobs or torch.get_num_threads()))
+
+    def fit(sp: Split) -> tuple[FoldResult, int, float]:
+        t0, convergence = time.time(), [0]
+        fr = fit_probe(features, y, sp, dataset.task_type, groups=groups, seed=seed, convergence=convergence,
+                       threads=None)  # one BLAS thread for every fit: set once below, not per thread
+        return fr, convergence[0], time.time() - t0
+
+    from threadpoolctl import threadpool_limits
+
+    folds, not_converged = [], 0
+    with threadpool_limits(limits=1), ThreadPoolExecutor(jobs) as pool:
+        for sp, (fr, n, seconds) in zip(splits, pool.map(fit, splits)):  # in split order, as each is ready
+            folds.append(fr)
+            not_converged += n
+            log(f"{name} {sp.name}: {dataset.metric} {fr.score:.4f} (param {fr.param:g}, {seconds:.1f} s)")
     notes = []
-    if convergence[0]:
-        notes.append(f"lbfgs reached max_iter={MAX_ITER} without converging in {convergence[0]} fit(s)")
+    if not_converged:
+        notes.append(f"lbfgs reached max_iter={MAX_ITER} without converging in {not_converged} fit(s)")
     return ModelResult(name, description, dataset.metric, folds, notes)
 
 
