@@ -210,7 +210,7 @@ def test_export_copies_files_and_writes_the_card(run_dir, tmp_path, capsys):
     assert json.loads((model_dir / "results.json").read_text())["fsdd"]["accuracy"] == 0.8125
     card = (model_dir / "README.md").read_text()
     params = sum(p.numel() for p in ViTEncoder(CONFIG).parameters())
-    for fact in (f"{params:,}", "custom", "| embedding size | 16 |", "| depth (blocks) | 2 |",
+    for fact in (f"{params:,}", "custom", "| token width | 16 |", "| depth (blocks) | 2 |",
                  "paper", "harmonic", "| peak normalization | yes |",
                  "5,000", "640,000", "1 h 30 min", "NVIDIA H100 80GB HBM3", "abc1234", '"lr": 0.0005',
                  "-6.25", "4.5", "| mel bins | 128 |", "20 Hz to 8,000 Hz", "fsdd / accuracy | 0.8125", "esc50 / accuracy | 0.4321"):
@@ -288,10 +288,10 @@ def test_model_card_states_the_objective_and_the_default_embedding(tmp_path):
     meta = metadata(MODEL_PRESETS["tiny"])
     card = model_card_text(meta)
     assert "| pre-training objective | not recorded |" in card
-    assert "| default embedding | the final output, mean pooling (the library default) |" in card
+    assert "| default embedding | the final output, mean pooling (the library default): 192 values per clip |" in card
     old_run = model_card_text({**meta, "train": {"lr": 1e-3}})  # a run from before objectives: plain mae
     assert "| pre-training objective | mae |" in old_run
     chosen = model_card_text({**meta, "train": {"objective": "latent", "masks_per_clip": 4},
                               "embedding": {"layer": "concat", "pool": "meanstd"}})
     assert "| pre-training objective | latent, 4 masks per clip |" in chosen
-    assert "| default embedding | every block, concatenated, meanstd pooling |" in chosen
+    assert "| default embedding | every block, concatenated, meanstd pooling: 2,304 values per clip |" in chosen

@@ -159,7 +159,13 @@ def _embedding(meta: Mapping[str, Any]) -> str:
     chosen = meta.get("embedding") if isinstance(meta.get("embedding"), Mapping) else {}
     layer, pool = chosen.get("layer", DEFAULT_LAYER), chosen.get("pool", DEFAULT_POOL)
     where = "the final output" if layer == -1 else ("every block, concatenated" if layer == "concat" else f"block {layer}")
-    return f"{where}, {pool} pooling" + ("" if chosen else " (the library default)")
+    text = f"{where}, {pool} pooling" + ("" if chosen else " (the library default)")
+    model = meta.get("model") if isinstance(meta.get("model"), Mapping) else {}
+    width, depth = model.get("embed_dim"), model.get("depth")
+    if isinstance(width, int) and isinstance(depth, int):  # Encoder.embedding_size_for, from the metadata alone
+        size = width * (2 if pool == "meanstd" else 1) * (depth if layer == "concat" else 1)
+        text += f": {size:,} values per clip"
+    return text
 
 
 def _high_freq(fbank: Mapping[str, Any]) -> str:
@@ -291,7 +297,7 @@ def model_card_text(metadata: Mapping[str, Any], results: Any = None, *, name: s
     arch = [
         ("preset", preset),
         ("parameters (encoder)", f"{params:,} ({params / 1e6:.2f} M)" if params else NOT_RECORDED),
-        ("embedding size", _fmt(model.get("embed_dim"))),
+        ("token width", _fmt(model.get("embed_dim"))),
         ("depth (blocks)", _fmt(model.get("depth"))),
         ("attention heads", _fmt(model.get("num_heads"))),
         ("MLP ratio", _fmt(model.get("mlp_ratio"))),
