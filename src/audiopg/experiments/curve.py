@@ -95,7 +95,7 @@ def _same_random_init(a: CurveRecipe, b: CurveRecipe) -> bool:
     return (a.layer, a.pool) == (b.layer, b.pool) and rest(a) == rest(b)
 
 
-PAPER = CurveRecipe("paper")  # the default pre-training (paper world), final layer pooled as its runs record
+PAPER = CurveRecipe("paper")  # the default pre-training (paper world), probed the way its runs embed
 
 
 def _check_key(key: str, where: str) -> None:
