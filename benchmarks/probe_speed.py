@@ -37,7 +37,7 @@ def features(ds: Dataset, dim: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     y = ds.targets()
     groups = np.array([int(it.group.removeprefix("speaker")) for it in ds.items])
-    return (0.35 * rng.standard_normal((len(ds.classes), dim))[y]
+    return (0.04 * rng.standard_normal((len(ds.classes), dim))[y]
             + 1.0 * rng.standard_normal((groups.max() + 1, dim))[groups]
             + rng.standard_normal((len(y), dim))).astype(np.float32)
 
