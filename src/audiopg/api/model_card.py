@@ -24,7 +24,7 @@ from audiopg.audio.fbank import FbankConfig
 from audiopg.core.config import from_dict, to_dict
 from audiopg.core.io import atomic_write_text
 from audiopg.model.config import MODEL_PRESETS, ModelConfig
-from audiopg.model.encoder import DEFAULT_LAYER, DEFAULT_POOL
+from audiopg.model.encoder import DEFAULT_LAYER, DEFAULT_POOL, embedding_length
 from audiopg.model.vit import ViTEncoder
 from audiopg.synth.config import list_presets, load_world_config
 
@@ -162,9 +162,8 @@ def _embedding(meta: Mapping[str, Any]) -> str:
     text = f"{where}, {pool} pooling" + ("" if chosen else " (the library default)")
     model = meta.get("model") if isinstance(meta.get("model"), Mapping) else {}
     width, depth = model.get("embed_dim"), model.get("depth")
-    if isinstance(width, int) and isinstance(depth, int):  # Encoder.embedding_size_for, from the metadata alone
-        size = width * (2 if pool == "meanstd" else 1) * (depth if layer == "concat" else 1)
-        text += f": {size:,} values per clip"
+    if isinstance(width, int) and isinstance(depth, int):
+        text += f": {embedding_length(width, depth, layer, pool):,} values per clip"
     return text
 
 

@@ -32,7 +32,8 @@ from audiopg.model.checkpoint import (
 from audiopg.model.config import ModelConfig
 from audiopg.model.vit import ViTEncoder
 
-__all__ = ["DEFAULT_LAYER", "DEFAULT_POOL", "POOLS", "Embeddings", "Encoder", "load_state_strict", "parse_layer"]
+__all__ = ["DEFAULT_LAYER", "DEFAULT_POOL", "POOLS", "Embeddings", "Encoder", "embedding_length", "load_state_strict",
+           "parse_layer"]
 
 #: the layer ``embed`` pools when neither the call nor the checkpoint's ``embedding`` metadata names one
 DEFAULT_LAYER: int | str = -1
@@ -196,8 +197,7 @@ class Encoder(nn.Module):
         multiplies it by ``depth``; ``layer="all"`` stacks ``depth`` rows of it.
         """
         layer, pool = self.resolve_layer_pool(layer, pool)
-        width = self.embedding_size * (2 if pool == "meanstd" else 1)
-        return width * self.depth if layer == "concat" else width
+        return embedding_length(self.embedding_size, self.depth, layer, pool)
 
     @property
     def depth(self) -> int:
@@ -612,6 +612,13 @@ def _pool(cls_tok: torch.Tensor, cols: torch.Tensor, pool: str) -> torch.Tensor:
     if pool == "mean":
         return mean
     return torch.cat([mean, cols.std(dim=1, correction=0)], dim=-1)
+
+
+def embedding_length(width: int, depth: int, layer: int | str, pool: str) -> int:
+    """Values per clip of a ``layer``/``pool`` embedding of a model with ``depth`` blocks of ``width``-wide tokens
+    (one row of ``layer="all"``)."""
+    per_layer = width * (2 if pool == "meanstd" else 1)
+    return per_layer * depth if layer == "concat" else per_layer
 
 
 def parse_layer(text: str) -> int | str:
