@@ -282,6 +282,9 @@ def test_model_card_without_results_or_training_facts(tmp_path):
     custom = model_card_text({**meta, "world": world}, {"probe": 0.5})
     assert "custom (matches no built-in preset)" in custom and "| peak normalization | no |" in custom
     assert "| probe | 0.5 |" in custom
+    assert "| patch | 16 x 16 (frames x mel bins) |" in card
+    oblong = model_card_text({**meta, "model": {**meta["model"], "patch_size": 32, "patch_frames": 8}})
+    assert "| patch | 8 x 32 (frames x mel bins) |" in oblong and "| preset | custom" in oblong
 
 
 def test_model_card_states_the_objective_and_the_default_embedding(tmp_path):

@@ -43,8 +43,8 @@ def metadata(cfg: ModelConfig, **world_changes) -> dict:
     }
 
 
-def make_checkpoint(folder, seed: int = 0, state_edit=None, embedding=None, **world_changes):
-    cfg = ModelConfig(**TINY)
+def make_checkpoint(folder, seed: int = 0, state_edit=None, embedding=None, model=None, **world_changes):
+    cfg = ModelConfig(**{**TINY, **(model or {})})
     torch.manual_seed(seed)
     vit = ViTEncoder(cfg)
     state = vit.state_dict()
@@ -480,3 +480,24 @@ def test_encoder_from_a_model_in_memory(run, enc):
     other = ModelConfig(**{**TINY, "depth": 2})
     with pytest.raises(CheckpointError, match="differ"):
         Encoder(ViTEncoder(other), enc.metadata)
+
+
+def test_oblong_patches_pool_columns_of_their_own_length(tmp_path):
+    """8-frame x 32-bin patches: 80 ms columns, so a short clip keeps more signal columns and time stamps come
+    from 2 shifted copies instead of 4 (still every 40 ms)."""
+    vit = make_checkpoint(tmp_path, model={"patch_size": 32, "patch_frames": 8}).eval()
+    enc = Encoder.from_pretrained(tmp_path)
+    assert (enc.config.patch_t, enc.config.grid_t, enc.config.grid_f) == (8, 8, 4)
+    x = noise(5000)  # 30 full frames -> 4 of the 8 columns of 8 frames hold signal
+    spec = manual_spec(x, 64)
+    with torch.no_grad():
+        tokens = vit.forward_features(spec[None])[:, 1:]  # (1, 8 * 4, D), time-major
+    torch.testing.assert_close(enc.embed(x, SR, pool="mean").scene, tokens[:, : 4 * 4].mean(dim=1),
+                               atol=1e-5, rtol=1e-4)
+    long = noise(int(1.5 * SR))
+    both = enc.embed([x, long], SR).scene
+    torch.testing.assert_close(both[1:], enc.embed(long, SR).scene, atol=1e-5, rtol=1e-4)
+    ts = enc.embed(long, SR, timestamps=True).timestamps[0].numpy()
+    assert enc.timestamp_step_ms() == pytest.approx(40.0)
+    np.testing.assert_allclose(np.diff(ts), 40.0, atol=1e-3)
+    assert 1500 - 40 < ts[-1] <= 1500

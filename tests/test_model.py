@@ -78,6 +78,8 @@ def test_unknown_preset_names_it_and_lists_presets():
         ("num_heads", 3),  # 32 % 3 != 0 -> reported on embed_dim
         ("mlp_ratio", 0.0),
         ("num_frames", 32.0),
+        ("patch_frames", 0),
+        ("patch_frames", 2.0),
     ],
 )
 def test_bad_config_raises_config_error_naming_key(key, value):
@@ -180,6 +182,30 @@ def test_patchify_matches_patch_embedding_order():
     via_conv = model.encoder.patch_embed(spec[:, None])
     via_linear = model.patchify(spec) @ proj.weight.view(proj.out_channels, -1).T + proj.bias
     assert torch.allclose(via_conv, via_linear, atol=1e-5)
+
+
+def test_oblong_patches_shapes_layout_and_embedding_order():
+    cfg = small_config(patch_size=16, patch_frames=4)  # 4 frames x 16 bins: 8 x 2 patches of a 32 x 32 clip
+    assert (cfg.patch_t, cfg.patch_f, cfg.patch_pixels, cfg.grid_t, cfg.grid_f) == (4, 16, 64, 8, 2)
+    assert small_config(patch_frames=None).patch_t == 8  # square by default
+    model = MaskedAutoencoder(cfg)
+    spec = torch.randn(2, 40, 32)  # longer than num_frames: 10 x 2 grid
+    patches = model.patchify(spec)
+    assert patches.shape == (2, 20, 64)
+    assert torch.equal(model.unpatchify(patches), spec)
+    t, f = 7, 1  # patch t * grid_f + f covers frames 4t.. and bins 16f..
+    assert torch.equal(patches[0, t * 2 + f].view(4, 16), spec[0, 4 * t : 4 * t + 4, 16 * f : 16 * f + 16])
+    proj = model.encoder.patch_embed.proj
+    via_linear = model.patchify(spec) @ proj.weight.view(proj.out_channels, -1).T + proj.bias
+    assert torch.allclose(model.encoder.patch_embed(spec[:, None]), via_linear, atol=1e-5)
+    out = model(spec, generator=gen(0))
+    assert out.pred.shape == (2, 20, 64) and torch.isfinite(out.loss)
+    assert model.encoder(torch.randn(3, 12, 32)).shape == (3, 1 + 3 * 2, 32)  # any multiple of 4 frames
+    with pytest.raises(ValueError, match="patch length of 4 frames"):
+        model.encoder(torch.randn(1, 30, 32))
+    with pytest.raises(ConfigError, match="patch_frames=6") as err:
+        small_config(patch_frames=6)  # 32 frames are not a multiple of 6
+    assert err.value.key == "num_frames"
 
 
 # ----------------------------------------------------------------------------- masking

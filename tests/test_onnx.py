@@ -77,6 +77,13 @@ def test_another_pooling_exports_and_matches(model, tmp_path):
     check(encoder, path, random_clips(), layer="concat", pool="meanstd")
 
 
+def test_oblong_patches_export_and_match(tmp_path):
+    make_checkpoint(tmp_path, model={"patch_size": 32, "patch_frames": 8})  # 80 ms columns, 4 frequency rows
+    encoder = Encoder.from_pretrained(tmp_path)
+    path = export_onnx(encoder, tmp_path / "oblong.onnx", layer="concat", pool="meanstd")
+    check(encoder, path, random_clips(), layer="concat", pool="meanstd")
+
+
 def test_real_clips_match_pytorch(model):
     root = default_data_root()
     fsdd = sorted((root / "fsdd" / "recordings").glob("*.wav"))[:4]

@@ -160,7 +160,7 @@ def plot_pca(panels: Mapping[str, Sequence[tuple[str, np.ndarray, np.ndarray, np
 
 
 def plot_patch_filters(weights: Mapping[str, np.ndarray], path: Path, count: int = 64) -> None:
-    """First-layer patch filters (conv weights (D, 1, p, p) over (time, mel)) as p x p images, per model.
+    """First-layer patch filters (conv weights (D, 1, pt, pf) over (time, mel)) as pf x pt images, per model.
 
     Shown with mel bins upwards and time to the right; each filter scaled to its own max |w|."""
     plt = _plt()
@@ -168,16 +168,16 @@ def plot_patch_filters(weights: Mapping[str, np.ndarray], path: Path, count: int
     fig, axes = plt.subplots(1, len(weights), figsize=(6.0 * len(weights), 6.2), squeeze=False)
     for ax, (model, w) in zip(axes[0], weights.items()):
         w = np.asarray(w)[:, 0]  # (D, time, mel)
-        D, p = w.shape[0], w.shape[1]
+        D, pt, pf = w.shape
         n = min(count, D)
         order = np.argsort(-np.abs(w).reshape(D, -1).sum(1))[:n]  # strongest filters first
         rows = int(np.ceil(n / cols))
-        canvas = np.full((rows * (p + 1) - 1, cols * (p + 1) - 1), np.nan)
+        canvas = np.full((rows * (pf + 1) - 1, cols * (pt + 1) - 1), np.nan)
         for i, d in enumerate(order):
             f = w[d].T[::-1]  # mel upwards, time to the right
             f = f / max(np.abs(f).max(), 1e-12)
             r, c = divmod(i, cols)
-            canvas[r * (p + 1):r * (p + 1) + p, c * (p + 1):c * (p + 1) + p] = f
+            canvas[r * (pf + 1):r * (pf + 1) + pf, c * (pt + 1):c * (pt + 1) + pt] = f
         ax.imshow(canvas, cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
         ax.set_title(f"{model}: {n} of {D} patch filters (largest L1 first; x time, y mel)", fontsize=9)
         ax.axis("off")

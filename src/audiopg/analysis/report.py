@@ -200,7 +200,8 @@ def run_analysis(settings: AnalysisSettings, log: Callable[[str], None] = lambda
 
     info = {
         "checkpoint": str(settings.checkpoint),
-        "model": {"depth": L, "embed_dim": encoder.embedding_size, "patch_size": encoder.config.patch_size},
+        "model": {"depth": L, "embed_dim": encoder.embedding_size, "patch_size": encoder.config.patch_size,
+                  "patch_frames": encoder.config.patch_t},
         "window_seconds": encoder.window_seconds, "sample_rate": encoder.sample_rate,
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(settings).items()
                      if k != "out"},  # where it was written is not a setting (the CLI writes a temp folder first)
@@ -480,7 +481,10 @@ def markdown_report(info: Mapping[str, Any], results: Mapping[str, Mapping[str, 
     w(f"- PCA of embeddings (layer {layer + 1}), coloured by f0 and by intensity: ![pca]({figures['pca']})")
     w("- f0 sweep trajectories in the top principal components (centered within base clip): "
       f"![f0 trajectory]({figures['trajectory']})")
-    w("- First layer's patch filters (patch-embedding conv weights, 16×16, x = time, y = mel): "
+    pf = info["model"].get("patch_size", "?")
+    pt = info["model"].get("patch_frames", pf)  # reports written before oblong patches have patch_size only
+    w(f"- First layer's patch filters (patch-embedding conv weights, {pt} frames × {pf} mel bins, x = time, "
+      "y = mel): "
       f"![filters]({figures['filters']})")
     w("")
 

@@ -129,7 +129,8 @@ def _model_facts(model: Mapping[str, Any]) -> tuple[str, int | None]:
     preset = "custom"
     for name, cfg in MODEL_PRESETS.items():
         ref = to_dict(cfg)
-        keys = ("num_frames", "num_mel_bins", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio")
+        keys = ("num_frames", "num_mel_bins", "patch_size", "patch_frames", "embed_dim", "depth", "num_heads",
+                "mlp_ratio")
         if all(model.get(k) == ref[k] for k in keys):
             preset = name
             break
@@ -274,6 +275,7 @@ def model_card_text(metadata: Mapping[str, Any], results: Any = None, *, name: s
     frames = model.get("num_frames")
     window_s = frames * shift_ms / 1000.0 if isinstance(frames, int) and isinstance(shift_ms, (int, float)) else None
     patch = model.get("patch_size")
+    patch_frames = model.get("patch_frames") or patch  # absent or null in square-patch models
     title = name or f"AudioPG encoder ({preset.split(' (')[0]} ViT)"
 
     front = yaml.safe_dump(hub_metadata(meta, res, name=title), sort_keys=False, allow_unicode=True)
@@ -300,7 +302,7 @@ def model_card_text(metadata: Mapping[str, Any], results: Any = None, *, name: s
         ("depth (blocks)", _fmt(model.get("depth"))),
         ("attention heads", _fmt(model.get("num_heads"))),
         ("MLP ratio", _fmt(model.get("mlp_ratio"))),
-        ("patch", f"{_fmt(patch)} x {_fmt(patch)} (frames x mel bins)"),
+        ("patch", f"{_fmt(patch_frames)} x {_fmt(patch)} (frames x mel bins)"),
         ("input window", f"{_fmt(frames)} frames x {_fmt(model.get('num_mel_bins'))} mel bins"
          + (f" ({window_s:g} s)" if window_s is not None else "")),
         ("pre-training objective", _objective(meta)),

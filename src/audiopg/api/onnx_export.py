@@ -47,7 +47,7 @@ class EncoderGraph(nn.Module):
         self.layer, self.pool = encoder.resolve_layer_pool(layer, pool)
         if self.layer == "all":
             raise ValueError("layer 'all' gives several vectors per clip; the graph gives one (an int or 'concat')")
-        p = encoder.config.patch_size
+        p = encoder.config.patch_t
         self.patch = p
         self.grid_t = encoder.window_frames // p
         self.hop = encoder.hop_frames // p
@@ -130,7 +130,7 @@ def export_onnx(encoder: Encoder, path: str | os.PathLike, *, layer: int | str |
     example = (torch.zeros(2, 2 * encoder.window_frames, encoder.config.num_mel_bins),
                torch.tensor([encoder.window_frames // 2, 2 * encoder.window_frames]))
     batch, frames = torch.export.Dim("batch"), torch.export.Dim("frames_over_patch")
-    shapes = {"logmel": {0: batch, 1: encoder.config.patch_size * frames}, "signal_frames": {0: batch}}
+    shapes = {"logmel": {0: batch, 1: encoder.config.patch_t * frames}, "signal_frames": {0: batch}}
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)  # the exporter logs every optional op it skips

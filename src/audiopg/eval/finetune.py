@@ -539,8 +539,7 @@ def _train_split(ctx: _Context, enc: Encoder, sp: Split, tag: str, reinit: bool)
     if recipe.max_steps is not None:
         total = min(total, recipe.max_steps)
     warmup = min(total, int(round(recipe.warmup_epochs * steps_per_epoch)))
-    p = enc.config.patch_size
-    grid_t, grid_f = ctx.frames // p, enc.config.num_mel_bins // p
+    grid_t, grid_f = ctx.frames // enc.config.patch_t, enc.config.grid_f
     best_score, best_state, best_epoch = -math.inf, None, None
     step = epoch = 0
     ctx.log(f"{tag} {sp.name}: {len(sp.train)} train / {0 if sp.val is None else len(sp.val)} val / {len(sp.test)} "
@@ -671,10 +670,10 @@ def run_finetune(
     t0 = time.time()
     dev = resolve_device(device)
     base = Encoder.from_pretrained(checkpoint, device="cpu")
-    p = base.config.patch_size
+    p = base.config.patch_t
     frames = recipe.clip_frames or base.window_frames
     if frames % p:
-        raise ConfigError("clip_frames", f"{frames} is not a multiple of the patch size {p}")
+        raise ConfigError("clip_frames", f"{frames} is not a multiple of the patch length, {p} frames")
     min_samples = (frames - 1) * base.fbank_config.window_shift + base.fbank_config.window_length
     feats, bad = _read_features(dataset, base, min_samples, skip_bad, recipe.cache_audio_gb, log, progress)
     if bad:

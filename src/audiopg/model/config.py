@@ -1,9 +1,10 @@
 """Model configuration: a frozen, validated dataclass plus named presets.
 
 All presets use 16x16 patches over 128 mel bins at a 10 ms hop, so one patch
-covers 160 ms x 16 mel bins.  ``num_frames`` is the *training* clip length; the
-encoder itself accepts any multiple of ``patch_size`` frames (see
-:class:`audiopg.model.vit.ViTEncoder`).
+covers 160 ms x 16 mel bins; ``patch_frames`` makes patches oblong (e.g. 8
+frames x 32 bins: 80 ms, the same 256 values per patch).  ``num_frames`` is the
+*training* clip length; the encoder itself accepts any multiple of
+``patch_t`` frames (see :class:`audiopg.model.vit.ViTEncoder`).
 """
 from __future__ import annotations
 
@@ -38,9 +39,10 @@ def _check_heads(dim_key: str, dim: int, heads_key: str, heads: int) -> None:
 class ModelConfig:
     """Shape of an AudioMAE-style ViT masked autoencoder over (T frames, F mel bins) log-mel inputs."""
 
-    num_frames: int  # input frames T of a training clip (10 ms hop); must be a multiple of patch_size
+    num_frames: int  # input frames T of a training clip (10 ms hop); must be a multiple of patch_t
     num_mel_bins: int = 128  # mel bins F of the input; must be a multiple of patch_size
-    patch_size: int = 16  # square patch side, in frames and in mel bins
+    patch_size: int = 16  # patch side in mel bins, and in frames unless patch_frames is set
+    patch_frames: int | None = None  # patch length in frames (10 ms each); None: patch_size (square patches)
     embed_dim: int  # encoder token width
     depth: int  # number of encoder transformer blocks
     num_heads: int  # encoder attention heads (embed_dim must divide evenly)
@@ -55,11 +57,14 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check_int("patch_size", self.patch_size, 1)
-        for key in ("num_frames", "num_mel_bins"):
+        if self.patch_frames is not None:
+            _check_int("patch_frames", self.patch_frames, 1)
+        for key, side, side_key in (("num_frames", self.patch_t, "patch_frames" if self.patch_frames else "patch_size"),
+                                    ("num_mel_bins", self.patch_f, "patch_size")):
             value = getattr(self, key)
-            _check_int(key, value, self.patch_size)
-            if value % self.patch_size:
-                raise ConfigError(key, f"{value} is not a multiple of patch_size={self.patch_size}")
+            _check_int(key, value, side)
+            if value % side:
+                raise ConfigError(key, f"{value} is not a multiple of {side_key}={side}")
         for key in ("embed_dim", "num_heads", "depth", "decoder_embed_dim", "decoder_num_heads"):
             _check_int(key, getattr(self, key), 1)
         _check_int("decoder_depth", self.decoder_depth, 0)
@@ -83,14 +88,29 @@ class ModelConfig:
 
     # ------------------------------------------------------------------ derived sizes
     @property
+    def patch_t(self) -> int:
+        """Frames per patch (along time)."""
+        return self.patch_size if self.patch_frames is None else self.patch_frames
+
+    @property
+    def patch_f(self) -> int:
+        """Mel bins per patch (along frequency)."""
+        return self.patch_size
+
+    @property
+    def patch_pixels(self) -> int:
+        """Values per patch, ``patch_t * patch_f``."""
+        return self.patch_t * self.patch_f
+
+    @property
     def grid_t(self) -> int:
         """Patches along time for a ``num_frames`` clip."""
-        return self.num_frames // self.patch_size
+        return self.num_frames // self.patch_t
 
     @property
     def grid_f(self) -> int:
         """Patches along frequency."""
-        return self.num_mel_bins // self.patch_size
+        return self.num_mel_bins // self.patch_f
 
     @property
     def num_patches(self) -> int:

@@ -98,8 +98,9 @@ class Encoder(nn.Module):
         self._metadata = meta
         self.source = None if source is None else str(source)
         self.reinit = bool(reinit)
-        model_dict = to_dict(model.config)
-        if meta.setdefault("model", model_dict) != model_dict:
+        meta.setdefault("model", to_dict(model.config))
+        # compared as configs: metadata written before a setting existed (e.g. patch_frames) omits its default
+        if _parse(ModelConfig, meta["model"], "model", where) != model.config:
             raise CheckpointError(f"{where}: the metadata's model settings differ from the model's config")
         fbank_config = _parse(FbankConfig, meta.get("fbank"), "fbank", where)
         self.fbank_config = dataclasses.replace(fbank_config, target_frames=None)
@@ -356,7 +357,7 @@ class Encoder(nn.Module):
         return layer, pool
 
     def _hop_frames(self, hop_seconds: float | None) -> int:
-        p, win = self.config.patch_size, self.window_frames
+        p, win = self.config.patch_t, self.window_frames
         if hop_seconds is None:
             return max(p, win // 2 // p * p)
         if isinstance(hop_seconds, bool) or not isinstance(hop_seconds, (int, float)) or not hop_seconds > 0:
@@ -365,7 +366,7 @@ class Encoder(nn.Module):
         return int(min(win, max(p, round(frames / p) * p)))
 
     def _num_shifts(self, hop_ms: float) -> int:
-        p, shift_ms = self.config.patch_size, self.fbank_config.frame_shift_ms
+        p, shift_ms = self.config.patch_t, self.fbank_config.frame_shift_ms
         for d in range(1, p + 1):
             if p % d == 0 and p * shift_ms / d <= hop_ms + 1e-9:
                 return d
@@ -378,7 +379,7 @@ class Encoder(nn.Module):
     def _sub_step_ms(self, shifts: int) -> float:
         """Milliseconds between the ``shifts`` shifted copies of a clip (one patch column split ``shifts`` ways)."""
         cfg = self.fbank_config
-        return self.config.patch_size // shifts * cfg.window_shift * 1000.0 / cfg.sample_rate
+        return self.config.patch_t // shifts * cfg.window_shift * 1000.0 / cfg.sample_rate
 
     def _prepare(self, waveforms: Any, sample_rate: int, normalize: bool | None) -> tuple[list[torch.Tensor], list[float], bool]:
         """-> (mono float32 clips at the model rate on the device, durations in ms, input was stacked)."""
@@ -453,18 +454,18 @@ class Encoder(nn.Module):
     def _signal_columns(self, num_samples: int) -> int:
         """Patch columns holding signal: those with a frame lying entirely inside the clip (at least one column)."""
         frames = max(1, num_frames(num_samples, self.fbank_config))
-        return -(-frames // self.config.patch_size)
+        return -(-frames // self.config.patch_t)
 
     def _scene_spec(self, wave: torch.Tensor, raw: bool = False) -> tuple[torch.Tensor, int]:
         """(spectrogram of whole columns, at least one window; number of columns holding signal)."""
-        p = self.config.patch_size
+        p = self.config.patch_t
         valid = self._signal_columns(wave.shape[0])
         frames = max(self.window_frames, valid * p)
         return self._padded_spec(wave, frames, raw), valid
 
     def _window_starts(self, num_cols: int, hop_frames: int) -> list[int]:
-        grid_t = self.window_frames // self.config.patch_size
-        hop = hop_frames // self.config.patch_size
+        grid_t = self.window_frames // self.config.patch_t
+        hop = hop_frames // self.config.patch_t
         last = num_cols - grid_t
         starts = list(range(0, last + 1, hop))
         if starts[-1] != last:
@@ -488,7 +489,7 @@ class Encoder(nn.Module):
         Returns the scene embeddings and, when ``shifts`` > 0, per clip the
         time-stamped embeddings and their times (ms).
         """
-        p = self.config.patch_size
+        p = self.config.patch_t
         grid_t = self.window_frames // p
         layers = self.depth if layer in ("all", "concat") else 1
         device, dim = self.device, self.embedding_size
@@ -562,7 +563,7 @@ class Encoder(nn.Module):
         first column centre falls within the first sub-step (7.5 ms by default)
         rather than at 87.5 ms: the start of the clip is covered like its end.
         """
-        cfg, p = self.fbank_config, self.config.patch_size
+        cfg, p = self.fbank_config, self.config.patch_t
         grid_t = self.window_frames // p
         sub = p // shifts  # frames between copies
         sample_ms = 1000.0 / cfg.sample_rate
@@ -596,7 +597,7 @@ class Encoder(nn.Module):
             _, states = vit.forward_tokens(tokens, stop_after=layer)
             hs = states[layer][:, None]
         w, n_layers = hs.shape[0], hs.shape[1]
-        grid_t, grid_f = x.shape[1] // vit.patch_size, x.shape[2] // vit.patch_size
+        grid_t, grid_f = x.shape[1] // vit.config.patch_t, x.shape[2] // vit.config.patch_f
         cols = hs[:, :, 1:].reshape(w, n_layers, grid_t, grid_f, hs.shape[-1]).mean(dim=3)
         return hs[:, :, 0].float(), cols.float()
 

@@ -3,7 +3,7 @@
 The encoder sees only a random ``1 - mask_ratio`` share of the patches; a
 light decoder gets the encoded visible tokens plus a shared learned mask token
 at every hidden position (each with its fixed sin-cos position embedding) and
-predicts the ``p * p`` pixels of every patch.  The loss is the MSE on the
+predicts the ``patch_t * patch_f`` pixels of every patch.  The loss is the MSE on the
 masked patches only, against per-patch normalized pixels when
 ``norm_pix_loss``.  Masking is unstructured (per-patch, per-sample).
 """
@@ -29,7 +29,7 @@ NORM_PIX_EPS = 1e-6
 
 class MAEOutput(NamedTuple):
     loss: torch.Tensor  # scalar: mean squared error over the masked patches
-    pred: torch.Tensor  # (B, L, p*p) predicted pixels of every patch (normalized space when norm_pix_loss)
+    pred: torch.Tensor  # (B, L, pt*pf) predicted pixels of every patch (normalized space when norm_pix_loss)
     mask: torch.Tensor  # (B, L) float, 1 = masked (hidden from the encoder), 0 = visible
 
 
@@ -74,7 +74,7 @@ class MaskedAutoencoder(nn.Module):
     """ViT masked autoencoder: ``encoder`` (:class:`ViTEncoder`) plus a small transformer decoder.
 
     Like the encoder it accepts any clip length that is a multiple of
-    ``patch_size`` (fixed sin-cos position embeddings in both halves).
+    ``patch_t`` (fixed sin-cos position embeddings in both halves).
     After pre-training only ``encoder`` is kept.
     """
 
@@ -82,7 +82,6 @@ class MaskedAutoencoder(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.patch_size = c.patch_size
         self.encoder = ViTEncoder(c)
         self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
@@ -91,8 +90,8 @@ class MaskedAutoencoder(nn.Module):
             Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, c.qkv_bias) for _ in range(c.decoder_depth)
         )
         self.decoder_norm = nn.LayerNorm(c.decoder_embed_dim, eps=1e-6)
-        # per patch: its p*p pixels, or ``pred_dim`` values (the latent objective predicts embed_dim features)
-        self.decoder_pred = nn.Linear(c.decoder_embed_dim, pred_dim or c.patch_size**2)
+        # per patch: its pt*pf pixels, or ``pred_dim`` values (the latent objective predicts embed_dim features)
+        self.decoder_pred = nn.Linear(c.decoder_embed_dim, pred_dim or c.patch_pixels)
         self._init_decoder()
 
     def _init_decoder(self) -> None:
@@ -102,32 +101,32 @@ class MaskedAutoencoder(nn.Module):
 
     # ------------------------------------------------------------------ patches
     def patchify(self, spec: torch.Tensor) -> torch.Tensor:
-        """(B, T, F) or (B, 1, T, F) -> (B, L, p*p).
+        """(B, T, F) or (B, 1, T, F) -> (B, L, pt*pf) with ``pt, pf = patch_t, patch_f``.
 
         Patch ``t * grid_f + f`` (time-major, as the patch embedding) holds
-        frames ``[t*p, (t+1)*p)`` x bins ``[f*p, (f+1)*p)`` flattened time-major
-        (pixel ``i * p + j`` = frame ``t*p + i``, bin ``f*p + j``), the same
+        frames ``[t*pt, (t+1)*pt)`` x bins ``[f*pf, (f+1)*pf)`` flattened time-major
+        (pixel ``i * pf + j`` = frame ``t*pt + i``, bin ``f*pf + j``), the same
         layout as the patch-embedding convolution kernel.
         """
         x = as_spectrogram_batch(spec, self.config)[:, 0]
         b, t, f = x.shape
-        p = self.patch_size
-        x = x.reshape(b, t // p, p, f // p, p).permute(0, 1, 3, 2, 4)
-        return x.reshape(b, (t // p) * (f // p), p * p)
+        pt, pf = self.config.patch_t, self.config.patch_f
+        x = x.reshape(b, t // pt, pt, f // pf, pf).permute(0, 1, 3, 2, 4)
+        return x.reshape(b, (t // pt) * (f // pf), pt * pf)
 
     def unpatchify(self, patches: torch.Tensor) -> torch.Tensor:
-        """(B, L, p*p) -> (B, T, F), inverse of :meth:`patchify` (T = L / grid_f * p)."""
-        p = self.patch_size
+        """(B, L, pt*pf) -> (B, T, F), inverse of :meth:`patchify` (T = L / grid_f * pt)."""
+        pt, pf = self.config.patch_t, self.config.patch_f
         grid_f = self.config.grid_f
-        if patches.dim() != 3 or patches.shape[2] != p * p or patches.shape[1] % grid_f or patches.shape[1] == 0:
+        if patches.dim() != 3 or patches.shape[2] != pt * pf or patches.shape[1] % grid_f or patches.shape[1] == 0:
             raise ValueError(
-                f"expected patches of shape (B, L, {p * p}) with L a multiple of grid_f={grid_f}, "
+                f"expected patches of shape (B, L, {pt * pf}) with L a multiple of grid_f={grid_f}, "
                 f"got shape {tuple(patches.shape)}"
             )
         b, length, _ = patches.shape
         grid_t = length // grid_f
-        x = patches.reshape(b, grid_t, grid_f, p, p).permute(0, 1, 3, 2, 4)
-        return x.reshape(b, grid_t * p, grid_f * p)
+        x = patches.reshape(b, grid_t, grid_f, pt, pf).permute(0, 1, 3, 2, 4)
+        return x.reshape(b, grid_t * pt, grid_f * pf)
 
     def targets(self, spec: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Regression targets ``(B, L, p*p)`` and each patch's ``(mean, std)`` of shape (B, L, 1).
@@ -181,16 +180,16 @@ class MaskedAutoencoder(nn.Module):
     def predict(
         self, spec: torch.Tensor, generator: torch.Generator | None = None, mask_ratio: float | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mask, encode, decode: ``(pred (B, L, p*p), mask (B, L))`` of a (B, 1, T, F) spectrogram batch."""
+        """Mask, encode, decode: ``(pred (B, L, pt*pf), mask (B, L))`` of a (B, 1, T, F) spectrogram batch."""
         ratio = self.config.mask_ratio if mask_ratio is None else float(mask_ratio)
-        grid_t = spec.shape[2] // self.patch_size
+        grid_t = spec.shape[2] // self.config.patch_t
         latent, mask, ids_restore = self.forward_encoder(spec, ratio, generator)
         return self.forward_decoder(latent, ids_restore, grid_t), mask
 
     def forward(
         self, spec: torch.Tensor, generator: torch.Generator | None = None, mask_ratio: float | None = None
     ) -> MAEOutput:
-        """Mask, encode, decode, score.  ``spec``: (B, T, F) or (B, 1, T, F), T a multiple of patch_size.
+        """Mask, encode, decode, score.  ``spec``: (B, T, F) or (B, 1, T, F), T a multiple of patch_t.
 
         ``mask_ratio`` defaults to ``config.mask_ratio``; ``generator`` drives the masking.
         """
@@ -213,8 +212,7 @@ class MaskedAutoencoder(nn.Module):
         pred, mask = self.predict(spec, generator, mask_ratio)
         _, mean, std = self.targets(spec)
         recon = self.unpatchify(pred.float() * std + mean)
-        p2 = self.patch_size**2
-        mask = self.unpatchify(mask[:, :, None].expand(-1, -1, p2).float())
+        mask = self.unpatchify(mask[:, :, None].expand(-1, -1, self.config.patch_pixels).float())
         return Reconstruction(recon, mask)
 
     # ------------------------------------------------------------------ training helpers

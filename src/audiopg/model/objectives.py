@@ -116,7 +116,7 @@ class PretrainModel(MaskedAutoencoder):
         obj, m = self.objective, self.objective.masks_per_clip
         spec = as_spectrogram_batch(spec, self.config)
         views = spec.repeat_interleave(m, 0) if m > 1 else spec  # view i * m + j: clip i, mask j
-        grid_t = spec.shape[2] // self.patch_size
+        grid_t = spec.shape[2] // self.config.patch_t
         latent, mask, ids_restore = self.forward_encoder(views, self.config.mask_ratio, generator)
         pred = self.forward_decoder(latent, ids_restore, grid_t)
         parts: dict[str, torch.Tensor] = {}

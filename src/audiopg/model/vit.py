@@ -87,15 +87,14 @@ class SinCosPosEmbed(nn.Module):
 
 # ----------------------------------------------------------------------------- building blocks
 class PatchEmbed(nn.Module):
-    """(B, 1, T, F) -> (B, (T/p) * (F/p), D) tokens, time-major, via a p x p stride-p convolution."""
+    """(B, 1, T, F) -> (B, (T/pt) * (F/pf), D) tokens, time-major, via a pt x pf stride-(pt, pf) convolution."""
 
-    def __init__(self, patch_size: int, embed_dim: int):
+    def __init__(self, patch_t: int, patch_f: int, embed_dim: int):
         super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(1, embed_dim, kernel_size=patch_size, stride=patch_size)
+        self.proj = nn.Conv2d(1, embed_dim, kernel_size=(patch_t, patch_f), stride=(patch_t, patch_f))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.proj(x)  # (B, D, T/p, F/p)
+        x = self.proj(x)  # (B, D, T/pt, F/pf)
         return x.flatten(2).transpose(1, 2)  # (B, L, D), index t * grid_f + f
 
 
@@ -182,10 +181,10 @@ def init_mae_weights(module: nn.Module) -> None:
 def as_spectrogram_batch(x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     """Check a (B, T, F) or (B, 1, T, F) spectrogram batch against ``cfg`` and return it as (B, 1, T, F).
 
-    T may be any positive multiple of ``patch_size``; F must equal ``num_mel_bins``.
+    T may be any positive multiple of ``patch_t`` (frames per patch); F must equal ``num_mel_bins``.
     """
     shape = tuple(x.shape)
-    p = cfg.patch_size
+    p = cfg.patch_t
     if x.dim() == 3:
         x = x.unsqueeze(1)
     elif not (x.dim() == 4 and x.shape[1] == 1):
@@ -198,7 +197,7 @@ def as_spectrogram_batch(x: torch.Tensor, cfg: ModelConfig) -> torch.Tensor:
     if t < p or t % p:
         raise ValueError(
             f"spectrogram of shape {shape} has {t} frames; the frame count must be a positive multiple of "
-            f"patch_size={p} (e.g. {max(p, t // p * p)} or {(t // p + 1) * p})"
+            f"the patch length of {p} frames (e.g. {max(p, t // p * p)} or {(t // p + 1) * p})"
         )
     if x.shape[0] == 0:
         raise ValueError(f"empty spectrogram batch of shape {shape}")
@@ -250,7 +249,7 @@ class ViTEncoder(nn.Module):
     nothing has to be interpolated when the clip length changes
     (``interpolate_pos_embed`` is unnecessary): a checkpoint trained on
     ``num_frames`` runs unchanged on any ``T`` that is a multiple of
-    ``patch_size``.  Since tokens are time-major and the time code depends only
+    ``patch_t``.  Since tokens are time-major and the time code depends only
     on the time index, the embeddings of the first ``n`` time steps are the
     same for every grid length -- a window cut from long audio sees exactly the
     positions it was trained with.  ``F`` must equal ``num_mel_bins``.
@@ -264,10 +263,9 @@ class ViTEncoder(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.patch_size = c.patch_size
         self.embed_dim = c.embed_dim
         self.depth = c.depth
-        self.patch_embed = PatchEmbed(c.patch_size, c.embed_dim)
+        self.patch_embed = PatchEmbed(c.patch_t, c.patch_f, c.embed_dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
         self.pos_embed = SinCosPosEmbed(c.embed_dim)
         self.blocks = nn.ModuleList(
@@ -296,7 +294,7 @@ class ViTEncoder(nn.Module):
     def patch_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """Patch embeddings plus position embeddings, ``(B, L, D)``, no CLS, nothing masked."""
         x = as_spectrogram_batch(x, self.config)
-        grid_t, grid_f = x.shape[2] // self.patch_size, x.shape[3] // self.patch_size
+        grid_t, grid_f = x.shape[2] // self.config.patch_t, x.shape[3] // self.config.patch_f
         tokens = self.patch_embed(x)
         return tokens + self.pos_embed_for_grid(grid_t, grid_f, tokens.device).to(tokens.dtype)
 
