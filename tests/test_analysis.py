@@ -363,3 +363,18 @@ def test_analyze_cli_bad_input(tmp_path, capsys):
     assert "clips" in capsys.readouterr().err
     assert main(["analyze", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "o"), "--fsdd",
                  str(tmp_path / "nope")]) == 2
+
+
+def test_patch_filters_figure_draws_oblong_filters_whole(tmp_path, monkeypatch):
+    """8-frame x 32-bin filters become 32-high, 8-wide tiles (mel upwards, time to the right)."""
+    from audiopg.analysis import plots
+
+    shown = []
+    real_imshow = plots._plt().Axes.imshow
+    monkeypatch.setattr(plots._plt().Axes, "imshow", lambda ax, img, **kw: shown.append(img) or real_imshow(ax, img, **kw))
+    weights = np.random.default_rng(0).standard_normal((6, 1, 8, 32)).astype(np.float32)
+    plots.plot_patch_filters({"trained": weights}, tmp_path / "filters.png", count=4)
+    assert (tmp_path / "filters.png").stat().st_size > 0
+    canvas = shown[0]
+    assert canvas.shape == (2 * 33 - 1, 2 * 9 - 1)  # 2 x 2 tiles of 32 x 8 with one-pixel gaps
+    assert np.isnan(canvas[32]).all() and np.isnan(canvas[:, 8]).all()
