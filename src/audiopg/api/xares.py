@@ -25,8 +25,8 @@ class XaresEncoder(nn.Module):
     centred inside ``[t, t + 1) * hop_size_in_ms`` (7.5 ms after the slot's start at 40 ms), the slot X-ARES's
     frame labels give it, and ``T`` is the duration over the hop rounded down or up.
     ``hop_size_in_ms``: at most this, the patch length over ``d`` for a divisor ``d`` of its frames (for 16-frame
-    patches 160, 80, 40, 20 or 10 ms); the work grows as ``d``.  ``layer``: an int or "concat" (default: the model's).  ``batch_size``:
-    windows per forward pass, which bounds the memory whatever the length of the input.
+    patches 160, 80, 40, 20 or 10 ms); the work grows as ``d``.  ``layer``: an int or "concat" (default: the
+    model's).  ``batch_size``: windows per forward pass, which bounds the memory whatever the length of the input.
     """
 
     def __init__(self, model: str | os.PathLike | Encoder, *, layer: int | str | None = None,

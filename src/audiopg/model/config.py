@@ -59,7 +59,8 @@ class ModelConfig:
         _check_int("patch_size", self.patch_size, 1)
         if self.patch_frames is not None:
             _check_int("patch_frames", self.patch_frames, 1)
-        for key, side, side_key in (("num_frames", self.patch_t, "patch_frames" if self.patch_frames else "patch_size"),
+        time_key = "patch_size" if self.patch_frames is None else "patch_frames"
+        for key, side, side_key in (("num_frames", self.patch_t, time_key),
                                     ("num_mel_bins", self.patch_f, "patch_size")):
             value = getattr(self, key)
             _check_int(key, value, side)
