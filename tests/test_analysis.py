@@ -370,8 +370,14 @@ def test_patch_filters_figure_draws_oblong_filters_whole(tmp_path, monkeypatch):
     from audiopg.analysis import plots
 
     shown = []
-    real_imshow = plots._plt().Axes.imshow
-    monkeypatch.setattr(plots._plt().Axes, "imshow", lambda ax, img, **kw: shown.append(img) or real_imshow(ax, img, **kw))
+    axes_cls = plots._plt().Axes
+    real_imshow = axes_cls.imshow
+
+    def recording_imshow(ax, img, **kw):
+        shown.append(img)
+        return real_imshow(ax, img, **kw)
+
+    monkeypatch.setattr(axes_cls, "imshow", recording_imshow)
     weights = np.random.default_rng(0).standard_normal((6, 1, 8, 32)).astype(np.float32)
     plots.plot_patch_filters({"trained": weights}, tmp_path / "filters.png", count=4)
     assert (tmp_path / "filters.png").stat().st_size > 0
